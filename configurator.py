@@ -1,0 +1,46 @@
+"""
+Poor man's configurator, as in nanoGPT. A script defines its settings as globals, then runs
+    exec(open('configurator.py').read())
+which applies, in order, each config file named on the command line and each --key=value override:
+    python train.py config/shakespeare_seqmatch.py --batch_size=32 --device=cuda
+A key the script does not define, or a value of another type, stops with a clear error before
+anything is written.
+"""
+import sys
+from ast import literal_eval
+
+
+def _set_config(key, value, where):
+    if not isinstance(globals().get(key), (int, float, bool, str)):  # settings are plain values
+        raise SystemExit(f"config error: unknown key '{key}' in {where}")
+    default = globals()[key]
+    if isinstance(default, float) and type(value) is int:
+        value = float(value)  # --learning_rate=1 means 1.0
+    if default is not None and value is not None and type(value) is not type(default):
+        raise SystemExit(f"config error: {key}={value!r} in {where} should be a {type(default).__name__} "
+                         f"like the default {default!r}")
+    globals()[key] = value
+
+
+for _arg in sys.argv[1:]:
+    if not _arg.startswith('--'):
+        try:
+            _source = open(_arg).read()
+        except OSError as e:
+            raise SystemExit(f"config error: cannot read config file {_arg}: {e.strerror}")
+        print(f"Overriding config with {_arg}:\n{_source}")
+        _values = {}
+        exec(_source, {}, _values)
+        for _key, _value in _values.items():
+            if not _key.startswith('_'):
+                _set_config(_key, _value, _arg)
+    else:
+        if '=' not in _arg:
+            raise SystemExit(f"config error: expected --key=value, got {_arg}")
+        _key, _text = _arg[2:].split('=', 1)
+        try:
+            _value = literal_eval(_text)  # numbers, booleans, None, lists ...
+        except (SyntaxError, ValueError):
+            _value = _text  # ... anything else is a string
+        print(f"Overriding: {_key} = {_value!r}")
+        _set_config(_key, _value, f"--{_key}")

@@ -1,0 +1,67 @@
+"""
+OpenWebText with the GPT-2 BPE, as in nanoGPT: every document ends with <|endoftext|> (50256), the
+end-of-sequence token of rollouts. Writes train.bin, val.bin (uint16) and meta.pkl.
+
+The real corpus (~8M documents, ~9B tokens, ~17 GB train.bin; needs `pip install datasets` and an hour):
+$ python data/openwebtext/prepare.py
+Any local text file the same way, documents separated by blank lines (e.g. a small sample):
+$ python data/openwebtext/prepare.py --input=FILE [--out_dir=DIR]
+"""
+import argparse
+import os
+import pickle
+
+import numpy as np
+import tiktoken
+from tqdm import tqdm
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument('--input', help='a local text file to prepare instead of the HuggingFace dataset')
+parser.add_argument('--out_dir', default=os.path.dirname(os.path.abspath(__file__)), help='where the files go')
+parser.add_argument('--num_proc', type=int, default=8, help='worker processes for the HuggingFace path')
+args = parser.parse_args()
+
+enc = tiktoken.get_encoding('gpt2')  # offline: point TIKTOKEN_CACHE_DIR at a copy of tiktoken's cache
+
+
+def tokenize(text):
+    return enc.encode_ordinary(text) + [enc.eot_token]  # <|endoftext|> ends every document
+
+
+def write(split, ids):
+    """ids: an iterable of token-id lists, written one after another; atomically (temp file + rename)."""
+    path = os.path.join(args.out_dir, f'{split}.bin')
+    with open(path + '.tmp', 'wb') as f:
+        n = 0
+        for doc in ids:
+            np.array(doc, dtype=np.uint16).tofile(f)
+            n += len(doc)
+    os.replace(path + '.tmp', path)
+    print(f"{split} has {n:,} tokens")
+
+
+os.makedirs(args.out_dir, exist_ok=True)
+if args.input:
+    with open(args.input, encoding='utf-8') as f:
+        docs = [d.strip() for d in f.read().split('\n\n') if d.strip()]
+    n_val = max(1, len(docs) // 20)  # the last 5% of documents
+    print(f"{args.input}: {len(docs):,} documents, the last {n_val:,} for val")
+    write('train', (tokenize(d) for d in tqdm(docs[:-n_val], desc='train')))
+    write('val', (tokenize(d) for d in tqdm(docs[-n_val:], desc='val')))
+else:
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise SystemExit("the OpenWebText path needs the optional package datasets: pip install datasets\n"
+                         "(or prepare a local text file with --input=FILE)")
+    dataset = load_dataset('openwebtext', num_proc=args.num_proc)
+    split = dataset['train'].train_test_split(test_size=0.0005, seed=2357, shuffle=True)  # as nanoGPT
+    split['val'] = split.pop('test')
+    tokenized = split.map(lambda ex: {'ids': tokenize(ex['text'])}, remove_columns=['text'],
+                          desc='tokenizing', num_proc=args.num_proc)
+    for name, dset in tokenized.items():
+        write(name, (ex['ids'] for ex in tqdm(dset, desc=f'writing {name}')))
+
+meta = {'tokenizer': 'gpt2', 'vocab_size': 50304, 'bkspc_id': enc.n_vocab, 'eos_id': enc.eot_token}
+with open(os.path.join(args.out_dir, 'meta.pkl'), 'wb') as f:
+    pickle.dump(meta, f)

@@ -1,0 +1,155 @@
+"""
+Compare trained models: prints one markdown table, one row per checkpoint.
+  arithmetic:  exact-match accuracy of the answer after applying the backspaces, greedy and sampled
+               (temperature 1.0), the backspace rate, and how often a backspace removed a wrong character;
+  text:        val cross-entropy, and statistics of sampled continuations: the fraction of generated
+               words that occur in the training text, distinct-2 (unique word pairs / word pairs),
+               the entropy of the character 3-gram distribution, the backspace rate, and (char-level)
+               the fraction of backspaces that deleted a rare character: one that follows the character
+               before it less than 1% of the time in the training text.
+$ python eval.py --out_dirs=out-arithmetic-mle,out-arithmetic-bc,out-arithmetic-seqmatch --split=test
+"""
+import math
+import os
+import re
+from collections import Counter
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model import GPT
+from seqmatch import generate
+from tokenizer import Tokenizer
+
+# -----------------------------------------------------------------------------
+out_dirs = 'out-shakespeare-char-mle,out-shakespeare-seqmatch'  # comma-separated runs (each with a ckpt.pt)
+split = 'val'  # arithmetic: 'val' to choose settings, 'test' (the 200 held-out questions) to report
+eval_iters = 50  # text: batches of 12 for the val cross-entropy
+num_samples = 64  # text: sampled continuations
+prompt_len = 16  # text: tokens of val data that start each continuation
+temperature = 1.0  # sampling temperature (arithmetic also reports greedy)
+seed = 1337
+device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'mps'
+# -----------------------------------------------------------------------------
+exec(open('configurator.py').read())  # overrides from the command line or a config file
+if device == 'auto':
+    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+
+
+def replay(actions, bkspc_id, prompt=()):
+    """The final tokens of an action sequence after a prompt and, for each <bkspc>,
+    (position in the generated text, deleted token, the token before it)."""
+    text, deletions = list(prompt), []
+    for tok in actions:
+        if tok == bkspc_id:
+            deleted = text.pop()
+            deletions.append((len(text) - len(prompt), deleted, text[-1]))
+        else:
+            text.append(tok)
+    return text[len(prompt):], deletions
+
+
+@torch.no_grad()
+def arithmetic_row(model, tokenizer, data_dir, temp):
+    with open(os.path.join(data_dir, f'{split}.txt')) as f:
+        problems = [line.rstrip('\n').split('\t') for line in f]
+    by_length = {}  # generate() takes prompts of one length at a time
+    for question, answer in problems:
+        prompt = tokenizer.encode('\n' + question + ' ')
+        by_length.setdefault(len(prompt), []).append((prompt, answer))
+    n_correct = n_actions = n_bkspc = n_fixes = 0
+    for length, group in sorted(by_length.items()):
+        prompts = torch.tensor([p for p, _ in group], device=device)
+        tokens, valid = generate(model, prompts, model.config.block_size - length, tokenizer.bkspc_id,
+                                 temperature=temp, eos_id=tokenizer.eos_id)
+        for (_, answer), row, ok in zip(group, tokens[:, length:].tolist(), valid[:, length:].tolist()):
+            actions = [t for t, v in zip(row, ok) if v]
+            text, deletions = replay(actions, tokenizer.bkspc_id)
+            n_correct += tokenizer.decode(text) == answer + '\n'
+            n_actions += len(actions)
+            n_bkspc += len(deletions)
+            target = answer + '\n'
+            n_fixes += sum(i >= len(target) or tokenizer.token_text(tok) != target[i] for i, tok, _ in deletions)
+    return n_correct / len(problems), n_bkspc / max(n_actions, 1), n_fixes / max(n_bkspc, 1), n_bkspc
+
+
+@torch.no_grad()
+def val_cross_entropy(model, data_dir, n_actions):
+    data = np.memmap(os.path.join(data_dir, 'val.bin'), dtype=np.uint16, mode='r')
+    block = model.config.block_size
+    losses = []
+    for _ in range(eval_iters):
+        ix = torch.randint(len(data) - block - 1, (12,))
+        rows = torch.stack([torch.from_numpy(data[i:i + block + 1].astype(np.int64)) for i in ix]).to(device)
+        logits, _ = model(rows[:, :-1])
+        losses.append(F.cross_entropy(logits[..., :n_actions].flatten(0, 1), rows[:, 1:].flatten()).item())
+    return sum(losses) / len(losses)
+
+
+WORD = re.compile(r"[A-Za-z']+")
+
+
+@torch.no_grad()
+def text_row(model, tokenizer, data_dir):
+    bkspc_id = tokenizer.bkspc_id
+    ce = val_cross_entropy(model, data_dir, bkspc_id + 1)
+    data = np.memmap(os.path.join(data_dir, 'val.bin'), dtype=np.uint16, mode='r')
+    ix = torch.randint(len(data) - prompt_len, (num_samples,))
+    prompts = torch.stack([torch.from_numpy(data[i:i + prompt_len].astype(np.int64)) for i in ix]).to(device)
+    tokens, valid = generate(model, prompts, model.config.block_size - prompt_len, bkspc_id,
+                             temperature=temperature, eos_id=tokenizer.eos_id)
+    texts, n_actions, deletions = [], 0, []
+    for prompt, row, ok in zip(prompts.tolist(), tokens[:, prompt_len:].tolist(), valid[:, prompt_len:].tolist()):
+        actions = [t for t, v in zip(row, ok) if v]
+        text, deleted = replay(actions, bkspc_id, prompt)
+        texts.append(tokenizer.decode(text))
+        n_actions += len(actions)
+        deletions += deleted
+    # whole words only: drop each continuation's first and last word, which the cut may have split
+    words = [w for t in texts for w in WORD.findall(t)[1:-1]]
+    train = np.fromfile(os.path.join(data_dir, 'train.bin'), dtype=np.uint16).astype(np.int64)
+    in_train = rare = float('nan')  # for small char-level training texts only
+    if tokenizer.gpt2 is None and len(train) < 2_000_000:
+        known = set(WORD.findall(tokenizer.decode(train.tolist())))
+        in_train = sum(w in known for w in words) / max(len(words), 1)
+        bigrams = np.zeros((bkspc_id, bkspc_id))
+        np.add.at(bigrams, (train[:-1], train[1:]), 1)
+        follows = bigrams / bigrams.sum(axis=1, keepdims=True).clip(min=1)  # P(next | previous)
+        rare = sum(follows[prev, tok] < 0.01 for _, tok, prev in deletions) / max(len(deletions), 1)
+    pairs = [p for t in texts for p in zip(WORD.findall(t), WORD.findall(t)[1:])]
+    distinct2 = len(set(pairs)) / max(len(pairs), 1)
+    trigrams = Counter(t[i:i + 3] for t in texts for i in range(len(t) - 2))
+    total = sum(trigrams.values())
+    entropy = -sum(c / total * math.log2(c / total) for c in trigrams.values())
+    return ce, in_train, distinct2, entropy, len(deletions) / max(n_actions, 1), rare
+
+
+rows = []
+for out_dir in out_dirs.split(','):
+    torch.manual_seed(seed)  # every checkpoint sees the same prompts and val batches
+    model, meta = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
+    model.eval()
+    config = torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=False)['config']
+    data_dir = os.path.join('data', config['dataset'])
+    tokenizer = Tokenizer(meta)
+    name = f"{out_dir} ({config['objective']})"
+    if meta.get('task') == 'arithmetic':
+        greedy, _, _, _ = arithmetic_row(model, tokenizer, data_dir, 0)
+        sampled, rate, fixes, n = arithmetic_row(model, tokenizer, data_dir, temperature)
+        rows.append(f"| {name} | {greedy:.3f} | {sampled:.3f} | {rate:.4f} | {fixes:.2f} ({n}) |")
+    else:
+        ce, in_train, distinct2, entropy, rate, rare = text_row(model, tokenizer, data_dir)
+        rows.append(f"| {name} | {ce:.4f} | {in_train:.3f} | {distinct2:.3f} | {entropy:.2f} | {rate:.4f} | {rare:.2f} |")
+    print(f"evaluated {out_dir}")
+
+if meta.get('task') == 'arithmetic':
+    print(f"\naccuracy on the {split} questions (exact match after backspaces)\n")
+    print("| checkpoint | greedy | sampled (T=1.0) | backspace rate (sampled) | backspaces that removed a wrong character (count) |")
+    print("|---|---|---|---|---|")
+else:
+    print(f"\n{num_samples} continuations of {prompt_len}-token val prompts at temperature {temperature}\n")
+    print("| checkpoint | val cross-entropy | words in training text | distinct-2 | char 3-gram entropy (bits) "
+          "| backspace rate | backspaces that deleted a rare character |")
+    print("|---|---|---|---|---|---|---|")
+print('\n'.join(rows))

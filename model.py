@@ -1,0 +1,236 @@
+"""
+A nanoGPT-style GPT (learned positions, pre-LN blocks, weight tying, GPT-2 init) with three additions
+that SequenceMatch needs (see DESIGN section 2):
+  - position_ids: a backspace makes position ids differ from the column index,
+  - attn_mask: a boolean (B, T, S) mask, True = may attend, a subset of the causal triangle,
+  - kv_cache: a step-synchronous cache so a batch of rollouts can grow one token per step.
+With none of them given, forward() is ordinary causal language modelling.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # longest row (and largest position id + 1)
+    vocab_size: int = 50304  # GPT-2's 50257 + <bkspc> at 50257, padded up to a multiple of 64
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linears and LayerNorms, as GPT-2
+
+
+class KVCache:
+    """Keys and values of every layer for a batch of rows that all grow by the same number of tokens
+    per forward call (one per step in a rollout). Preallocated, so a step costs no copies."""
+
+    def __init__(self, config, batch_size, max_len):
+        head_dim = config.n_embd // config.n_head
+        self.shape = (config.n_layer, 2, batch_size, config.n_head, max_len, head_dim)
+        self.kv = None  # allocated at the first update, with the activations' device and dtype (bf16 under autocast)
+        self.length = 0  # number of positions already cached, the same for every row
+
+    def update(self, layer, k, v):
+        # k, v: (B, nh, T, hd) for the T new positions; returns keys and values of all S = length + T
+        if self.kv is None:
+            self.kv = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
+        T = k.size(2)
+        assert self.length + T <= self.shape[4], "KV cache is full"
+        self.kv[layer, 0, :, :, self.length:self.length + T] = k
+        self.kv[layer, 1, :, :, self.length:self.length + T] = v
+        return self.kv[layer, 0, :, :, :self.length + T], self.kv[layer, 1, :, :, :self.length + T]
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config, layer):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.layer = layer  # index into the KV cache
+
+    def forward(self, x, attn_mask=None, kv_cache=None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer, k, v)  # (B, nh, S, hd)
+        dropout_p = self.dropout if self.training else 0.0
+        if attn_mask is None:
+            # the fast path: plain causal attention over the whole row (GPT.forward guarantees S == T)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:
+            # attn_mask: (B, 1, T, S), broadcast over heads
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU, so its weights load exactly
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config, layer):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attn_mask=None, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), attn_mask, kv_cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.vocab_size is not None and config.block_size is not None
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of the projections into the residual stream by 1/sqrt(2 * n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith('c_proj.weight'):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self):
+        """Parameters without the position embeddings (the token embeddings are tied to lm_head)."""
+        return sum(p.numel() for p in self.parameters()) - self.transformer.wpe.weight.numel()
+
+    def forward(self, idx, targets=None, position_ids=None, attn_mask=None, kv_cache=None):
+        """idx: (B, T) token ids. position_ids: (B, T), default 0.. (after the cached positions).
+        attn_mask: (B, T, S) bool, True = may attend, S = cached length + T; default causal.
+        Returns logits (B, T, vocab_size) at every position and, given targets (B, T), the mean
+        cross-entropy over targets that are not -1."""
+        B, T = idx.size()
+        past = kv_cache.length if kv_cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=idx.device).expand(B, T)
+        assert position_ids.max() < self.config.block_size, \
+            f"position id {position_ids.max().item()} >= block_size {self.config.block_size}"
+        if attn_mask is None and past > 0:
+            # causal attention that continues a cache: query t sees all past positions and itself
+            attn_mask = torch.ones(T, past + T, dtype=torch.bool, device=idx.device).tril(past).expand(B, T, past + T)
+        if attn_mask is not None:
+            assert attn_mask.shape == (B, T, past + T), f"attn_mask {tuple(attn_mask.shape)} != {(B, T, past + T)}"
+            attn_mask = attn_mask.unsqueeze(1)  # (B, 1, T, S): the same mask for every head
+
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(position_ids))  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x, attn_mask, kv_cache)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, vocab_size)
+        if kv_cache is not None:
+            kv_cache.length += T
+
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def crop_block_size(self, block_size):
+        """Use a smaller block size than the checkpoint's (e.g. GPT-2's 1024 on a CPU)."""
+        assert block_size <= self.config.block_size
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    @classmethod
+    def from_pretrained(cls, model_type, override_args=None):
+        """Load HuggingFace GPT-2 weights ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or the path of
+        a saved GPT2LMHeadModel) and add the <bkspc> row right after GPT-2's vocabulary (id 50257),
+        padded up to a multiple of 64 (50304). Needs the optional `transformers` package."""
+        override_args = override_args or {}
+        assert set(override_args) <= {'dropout'}, "only dropout can be overridden"
+        try:
+            from transformers import GPT2LMHeadModel
+        except ImportError:
+            raise SystemExit("init_from='gpt2*' needs the optional package transformers: pip install transformers")
+        print(f"loading weights from pretrained gpt: {model_type}")
+        hf = GPT2LMHeadModel.from_pretrained(model_type)
+        hf_config = hf.config
+        n_base = hf_config.vocab_size  # 50257 for GPT-2; <bkspc> becomes id n_base
+        config = GPTConfig(
+            block_size=hf_config.n_positions,
+            vocab_size=math.ceil((n_base + 1) / 64) * 64,
+            n_layer=hf_config.n_layer, n_head=hf_config.n_head, n_embd=hf_config.n_embd,
+            dropout=override_args.get('dropout', 0.0), bias=True,
+        )
+        model = GPT(config)
+        sd_hf = hf.state_dict()
+        # HF's GPT-2 stores these as Conv1D, i.e. transposed relative to nn.Linear
+        transposed = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in ('lm_head.weight', 'transformer.wte.weight'):
+                    continue  # tied; filled below
+                w = sd_hf[name]
+                p.copy_(w.t() if name.endswith(transposed) else w)
+            wte = sd_hf['transformer.wte.weight']  # (n_base, C)
+            model.transformer.wte.weight[:n_base] = wte
+            # <bkspc> starts as the mean embedding: an ordinary-looking token the fine-tune can move.
+            # The padding rows above it are never sampled and never in a loss (see seqmatch.generate).
+            model.transformer.wte.weight[n_base:] = wte.mean(dim=0)
+        return model
+
+    @classmethod
+    def from_checkpoint(cls, path, device='cpu'):
+        """A model saved by train.py, and the dataset's meta (vocabulary, bkspc_id, eos_id)."""
+        if not os.path.exists(path):
+            raise SystemExit(f"no checkpoint at {path}: train one first (python train.py ...)")
+        checkpoint = torch.load(path, map_location=device, weights_only=False)
+        model = cls(GPTConfig(**checkpoint['model_args']))
+        model.load_state_dict(checkpoint['model'])
+        return model.to(device), checkpoint['meta']
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        # weight decay on matrices (Linear weights, embeddings), none on biases and LayerNorm gains
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+            {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0},
+        ]
+        fused = device_type == 'cuda'  # the fused AdamW kernel exists for CUDA only
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)

@@ -1,0 +1,251 @@
+"""
+SequenceMatch (Cundy & Ermon, ICLR 2024) in one file, in the order of the method:
+
+  1. States and actions: a trajectory is a row of tokens; the action <bkspc> deletes the last token.
+  2. Backspace masking: the policy at every state of a row in one forward pass.
+  3. Noise augmentation: data never contains <bkspc>, so we insert mistakes and their corrections.
+  4. Rollouts: batched sampling with <bkspc> and a step-synchronous KV cache.
+  5. The loss: logits are soft Q-values; the chi^2-mixture objective on data and model transitions.
+
+Conventions used throughout: `tokens` is a (B, n) LongTensor of trajectories, prompt first. The first
+`n_prompt` tokens of a row are the prompt, which no <bkspc> may delete. The base vocabulary is
+0 .. bkspc_id - 1 and the action space is the base vocabulary plus <bkspc>, so the policy reads
+logits[..., :bkspc_id + 1]; ids above bkspc_id are only padding of the embedding table.
+A per-position mask `m[:, j]` always refers to the transition INTO tokens[:, j], i.e. the action
+tokens[:, j] taken in the state made of tokens[:, :j].
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model import KVCache
+
+# -----------------------------------------------------------------------------
+# 1. States and actions
+
+
+def apply_backspaces(tokens, bkspc_id, n_prompt=0):
+    """The text a trajectory ends in: each <bkspc> deletes the token before it.
+    >>> apply_backspaces([5, 6, 7, 9, 9, 8], bkspc_id=9)
+    [5, 8]"""
+    text = []
+    for j, tok in enumerate(tokens.tolist() if torch.is_tensor(tokens) else tokens):
+        if tok == bkspc_id:
+            if len(text) <= n_prompt:
+                raise ValueError(f"<bkspc> at position {j} would delete into the prompt "
+                                 f"(the first {n_prompt} tokens)")
+            text.pop()
+        else:
+            text.append(tok)
+    return text
+
+# -----------------------------------------------------------------------------
+# 2. Backspace masking (DESIGN section 2)
+#
+# Row j of the logits must be the policy at the state reached after tokens[0..j], exactly as if the
+# model had been run on that state's text alone. We keep a stack of the input positions that make up
+# the current state. An ordinary token is pushed. A <bkspc> pops the stack and its position becomes a
+# copy of the token now on top (same id, same position id), replacing that entry on the stack. Every
+# position attends to exactly the stack after it is processed. The copy sees what the original saw,
+# so it computes the same activations and its logits are the policy at the restored state.
+
+
+def backspace_inputs(tokens, bkspc_id, n_prompt):
+    """tokens: (B, n) trajectories. n_prompt: an int, or one per row.
+    Returns input_ids (B, n), position_ids (B, n) and attn_mask (B, n, n) (bool, True = may attend)
+    for GPT.forward. Raises ValueError if a <bkspc> would delete into the prompt or empty the row."""
+    B, n = tokens.shape
+    n_prompt = [n_prompt] * B if isinstance(n_prompt, int) else [int(p) for p in n_prompt]
+    input_ids = np.zeros((B, n), dtype=np.int64)
+    position_ids = np.zeros((B, n), dtype=np.int64)
+    attn_mask = np.zeros((B, n, n), dtype=bool)
+    for b, row in enumerate(tokens.tolist()):
+        stack = []  # input positions that make up the current state
+        for j, tok in enumerate(row):
+            if j > 0:
+                attn_mask[b, j] = attn_mask[b, j - 1]  # start from the previous state's positions
+            if tok == bkspc_id:
+                if len(stack) <= max(n_prompt[b], 1):
+                    raise ValueError(f"row {b}: <bkspc> at position {j} would delete into the prompt "
+                                     f"(the first {n_prompt[b]} tokens) or leave the row empty")
+                deleted = stack.pop()
+                top = stack[-1]
+                input_ids[b, j] = input_ids[b, top]  # the copy: same id ...
+                position_ids[b, j] = position_ids[b, top]  # ... same position id
+                attn_mask[b, j, [deleted, top]] = False
+                stack[-1] = j
+            else:
+                input_ids[b, j] = tok
+                position_ids[b, j] = len(stack)
+                stack.append(j)
+            attn_mask[b, j, j] = True
+    device = tokens.device
+    return (torch.from_numpy(input_ids).to(device), torch.from_numpy(position_ids).to(device),
+            torch.from_numpy(attn_mask).to(device))
+
+# -----------------------------------------------------------------------------
+# 3. Noise augmentation
+#
+# Before each data token (after the prompt), with probability p_noise, insert a noise token x~ and a
+# <bkspc>. The environment put x~ there, so u -> u + x~ is NOT an expert transition (the model must not
+# learn to make mistakes); u + x~ --<bkspc>--> u IS one. Both count in the mixture terms of the loss.
+
+
+def random_noise(tokens, bkspc_id, eos_id=None, generator=None):
+    """For every position, a token drawn uniformly from the base vocabulary other than the true token
+    (a mistake must be wrong) and other than eos_id (which would end the episode)."""
+    noise = torch.randint(0, bkspc_id - 1, tokens.shape, generator=generator)
+    noise += (noise >= tokens).long()  # skip over the true token: uniform over the other bkspc_id - 1
+    if eos_id is not None:
+        while (redo := noise == eos_id).any():
+            noise[redo] = torch.randint(0, bkspc_id - 1, (int(redo.sum()),), generator=generator)
+            noise[redo] += (noise[redo] >= tokens[redo]).long()
+    return noise
+
+
+def add_noise(tokens, p_noise, bkspc_id, n_prompt=1, eos_id=None, noise_fn=None, generator=None):
+    """tokens: (n,) one data row. Returns (noisy (n + 2k,), expert (n + 2k,) bool) for k insertions.
+    noise_fn(tokens) -> (n,) gives a noise token to insert before each position, or -1 where none may
+    go ("ground-truth noise", e.g. a wrong digit); the default is random_noise."""
+    tokens = tokens.cpu()
+    n = len(tokens)
+    if noise_fn is None:
+        proposal = random_noise(tokens, bkspc_id, eos_id, generator)
+    else:
+        proposal = noise_fn(tokens)
+    insert = (torch.rand(n, generator=generator) < p_noise) & (proposal >= 0)  # (n,)
+    insert[:n_prompt] = False
+    dest = torch.arange(n) + 2 * torch.cumsum(insert.long(), 0)  # where each data token lands
+    noise_at = dest[insert] - 2  # the noise goes two places before its data token, <bkspc> one before
+    noisy = torch.empty(n + 2 * int(insert.sum()), dtype=torch.long)
+    noisy[dest] = tokens
+    noisy[noise_at] = proposal[insert]
+    noisy[noise_at + 1] = bkspc_id
+    expert = torch.ones(len(noisy), dtype=torch.bool)
+    expert[noise_at] = False
+    expert[:n_prompt] = False  # the prompt is given, not demonstrated
+    return noisy, expert
+
+# -----------------------------------------------------------------------------
+# 4. Rollouts with <bkspc>
+#
+# All rows advance one position per step, so one KV cache serves the batch. A <bkspc> step feeds the
+# copy token of section 2 and changes that row's attention mask; the rows come out already in the
+# training format, and backspace_inputs(rows) reproduces every logit used while sampling.
+
+
+def sample_next(logits, temperature=1.0, top_k=None):
+    """logits: (B, A) -> (B,) actions. temperature=0 means greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float('-inf'))
+    return torch.multinomial(F.softmax(logits.float(), dim=-1), num_samples=1)[:, 0]
+
+
+@torch.no_grad()
+def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=None, eos_id=None):
+    """prompt: (B, P) token ids, all rows the same length. Returns (tokens, valid), both (B, P + max_new_tokens):
+    the prompt followed by the actions taken (<bkspc> included), and valid[:, j] = tokens[:, j] is an
+    action of the policy (False on the prompt and on the padding after a row's eos_id).
+    Call model.eval() first: dropout would make the policy differ from the one we train."""
+    B, P = prompt.shape
+    L = P + max_new_tokens
+    assert L <= model.config.block_size, f"prompt + new tokens = {L} > block_size {model.config.block_size}"
+    device = prompt.device
+    rows = torch.arange(B, device=device)
+    pad_id = eos_id if eos_id is not None else 0  # after a row ends; any ordinary token would do
+    tokens = torch.full((B, L), pad_id, dtype=torch.long, device=device)  # actions, as returned
+    tokens[:, :P] = prompt
+    valid = torch.zeros(B, L, dtype=torch.bool, device=device)
+    # what the model is fed (section 2): the copy token and its position id at a <bkspc>
+    input_ids = tokens.clone()
+    position_ids = torch.arange(L, device=device).repeat(B, 1)
+    stack = torch.arange(L, device=device).repeat(B, 1)  # stack[b, :depth[b]]: positions of the state
+    depth = torch.full((B,), P, device=device)
+    on_stack = torch.zeros(B, L, dtype=torch.bool, device=device)  # the same set, as an attention mask
+    on_stack[:, :P] = True
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+
+    kv_cache = KVCache(model.config, B, L)
+    logits, _ = model(prompt, kv_cache=kv_cache)  # the prompt is plain causal text
+    for j in range(P, L):
+        policy_logits = logits[:, -1, :bkspc_id + 1].clone()  # (B, A): base vocabulary + <bkspc>
+        policy_logits[depth <= P, bkspc_id] = float('-inf')  # never delete into the prompt
+        action = sample_next(policy_logits, temperature, top_k)
+        action = torch.where(done, pad_id, action)
+        tokens[:, j] = action
+        valid[:, j] = ~done
+
+        backspace = action == bkspc_id  # (B,)
+        deleted = stack[rows, depth - 1]
+        top = stack[rows, (depth - 2).clamp(min=0)]  # the new top after a pop (meaningless otherwise)
+        input_ids[:, j] = torch.where(backspace, input_ids[rows, top], action)
+        position_ids[:, j] = torch.where(backspace, position_ids[rows, top], depth)
+        on_stack[rows[backspace], deleted[backspace]] = False
+        on_stack[rows[backspace], top[backspace]] = False
+        on_stack[:, j] = True
+        stack[rows, torch.where(backspace, depth - 2, depth)] = j  # replace the top, or push
+        depth = torch.where(backspace, depth - 1, depth + 1)
+        if eos_id is not None:
+            done |= action == eos_id
+        if j == L - 1 or done.all():
+            break
+        logits, _ = model(input_ids[:, j:j + 1], position_ids=position_ids[:, j:j + 1],
+                          attn_mask=on_stack[:, None, :j + 1], kv_cache=kv_cache)
+    return tokens, valid
+
+# -----------------------------------------------------------------------------
+# 5. The loss
+#
+# The logit l(a|u) is a soft Q-value: V(u) = logsumexp_a l(a|u), the policy is softmax(l(.|u)), and the
+# implicit reward of u --a--> u' is r = l(a|u) - gamma * V(u'), with V(u') = 0 after end-of-sequence.
+# The chi^2-mixture (IQ-Learn) objective, minimised:
+#   L_SM = - E_expert[r] + E_mix[V(u) - gamma * V(u')] + 1/(4 alpha) * E_mix[r^2]
+# where the mixture gives data and model trajectories equal weight. With data only, no noise and
+# alpha -> inf the first two terms telescope to E[V(u) - l(a|u)] = E[-log pi(a|u)]: cross-entropy.
+
+
+def masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def seqmatch_loss(logits, tokens, valid, expert, is_data, done, gamma, alpha):
+    """logits: (B, n, A) over the action space, from the backspace-masked forward of tokens (B, n).
+    valid, expert, done: (B, n) bool for the transition into tokens[:, j] (done: tokens[:, j] ended
+    the episode). is_data: (B,) bool, True for data rows, False for model rollouts.
+    Returns (loss, stats) with stats a dict of detached scalars."""
+    logits = logits.float()
+    V = torch.logsumexp(logits, dim=-1)  # (B, n): V of the state after each position
+    Q = logits[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)  # (B, n-1): l(a|u) of each action
+    V_now = V[:, :-1]  # (B, n-1): V(u)
+    V_next = V[:, 1:].masked_fill(done[:, 1:], 0.0)  # (B, n-1): V(u'), 0 at end-of-sequence
+    reward = Q - gamma * V_next  # (B, n-1)
+    value = V_now - gamma * V_next  # (B, n-1)
+
+    valid = valid[:, 1:]
+    data = valid & is_data[:, None]
+    model = valid & ~is_data[:, None]
+    groups = [g for g in (data, model) if g.any()]  # average within each group, then over groups
+    expert_term = -masked_mean(reward, data & expert[:, 1:])
+    value_term = sum(masked_mean(value, g) for g in groups) / len(groups)
+    chi2_term = sum(masked_mean(reward ** 2, g) for g in groups) / len(groups) / (4 * alpha)
+    loss = expert_term + value_term + chi2_term
+
+    nan = torch.tensor(float('nan'))
+    stats = {
+        'expert': expert_term.detach(), 'value': value_term.detach(), 'chi2': chi2_term.detach(),
+        'reward_data': masked_mean(reward, data).detach() if data.any() else nan,
+        'reward_model': masked_mean(reward, model).detach() if model.any() else nan,
+    }
+    return loss, stats
+
+
+def bc_loss(logits, tokens, expert):
+    """Behaviour cloning: cross-entropy of the expert actions. logits (B, n, A), tokens and expert (B, n)."""
+    targets = tokens[:, 1:].masked_fill(~expert[:, 1:], -1)  # (B, n-1); -1 = not an expert action
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                           ignore_index=-1)

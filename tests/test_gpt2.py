@@ -1,0 +1,51 @@
+"""The scale path: GPT-2 BPE data, local text prepared like OpenWebText, and GPT-2 weights."""
+import os
+import pickle
+
+import torch
+
+from conftest import ROOT, SHARED_DATA
+from model import GPT
+from test_train import TINY, run
+
+OWT_SAMPLE = os.environ.get('OWT_SAMPLE', os.path.join(SHARED_DATA, 'openwebtext_sample', 'openwebtext_first100docs.txt'))
+
+
+def test_bpe_shakespeare_token_counts():
+    result = run('data/shakespeare/prepare.py')
+    assert 'train has 301,966 tokens' in result.stdout and 'val has 36,059 tokens' in result.stdout
+    with open(os.path.join(ROOT, 'data/shakespeare/meta.pkl'), 'rb') as f:
+        meta = pickle.load(f)
+    assert (meta['bkspc_id'], meta['eos_id'], meta['vocab_size']) == (50257, 50256, 50304)
+
+
+def test_local_text_prepares_and_trains_with_seqmatch(tmp_path):
+    data = tmp_path / 'owt'
+    result = run('data/openwebtext/prepare.py', f'--input={OWT_SAMPLE}', f'--out_dir={data}')
+    assert 'train has' in result.stdout and (data / 'train.bin').exists() and (data / 'val.bin').exists()
+    train = (data / 'train.bin').read_bytes()
+    assert train.count((50256).to_bytes(2, 'little')) > 100  # documents end with <|endoftext|>
+    out = tmp_path / 'out'
+    result = run('train.py', 'config/shakespeare_seqmatch.py', f'--dataset={data}', f'--out_dir={out}',
+                 '--max_iters=8', '--eval_interval=8', '--bc_warmup_iters=3', *TINY)
+    assert 'reward_model' in result.stdout and (out / 'ckpt.pt').exists()
+    sample = run('sample.py', f'--out_dir={out}', '--start=The', '--num_samples=2', '--max_new_tokens=20',
+                 '--show_edits=True')
+    assert sample.stdout.count('---------------') == 2
+
+
+def test_gpt2_weights_load_exactly(tmp_path):
+    import transformers  # optional for users, installed by requirements.txt for the tests
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=4)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    hf.save_pretrained(tmp_path)
+    model = GPT.from_pretrained(str(tmp_path)).eval()
+    assert model.config.vocab_size == 128  # 100 tokens + <bkspc> at 100, padded to a multiple of 64
+    idx = torch.randint(0, 100, (2, 32))
+    with torch.no_grad():
+        expected = hf(idx).logits
+        logits, _ = model(idx)
+    assert (logits[..., :100] - expected).abs().max() < 1e-4
+    bkspc_row = model.transformer.wte.weight[100]
+    assert torch.allclose(bkspc_row, hf.transformer.wte.weight.mean(dim=0))  # <bkspc> starts as the mean token

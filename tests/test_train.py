@@ -1,0 +1,100 @@
+"""End-to-end runs of the real scripts (train.py, sample.py) on tiny settings, as subprocesses."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4', '--eval_iters=2',
+        '--log_interval=5', '--warmup_iters=5', '--lr_decay_iters=40', '--prompt_len=8', '--model_batch_size=2',
+        '--rollouts_per_sample=4', '--sample_interval=5', '--buffer_size=8', '--device=cpu']
+
+
+def run(script, *args, check=True, launcher=(sys.executable,)):
+    result = subprocess.run([*launcher, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope='session')
+def shakespeare_char():
+    """data/shakespeare_char prepared (CI puts input.txt there first)."""
+    if not os.path.exists(os.path.join(ROOT, 'data/shakespeare_char/meta.pkl')):
+        run('data/shakespeare_char/prepare.py')
+    return 'shakespeare_char'
+
+
+@pytest.mark.parametrize('objective', ['mle', 'bc', 'seqmatch'])
+def test_train_then_sample(shakespeare_char, tmp_path, objective):
+    out = str(tmp_path / objective)
+    result = run('train.py', 'config/shakespeare_seqmatch.py', f'--objective={objective}', f'--out_dir={out}',
+                 '--max_iters=20', '--eval_interval=10', '--bc_warmup_iters=10', *TINY)
+    assert 'step 20: train loss' in result.stdout
+    assert os.path.exists(os.path.join(out, 'ckpt.pt')) and not os.path.exists(os.path.join(out, 'ckpt.pt.tmp'))
+    if objective == 'seqmatch':
+        assert 'reward_model' in result.stdout and 'bkspc rate' in result.stdout  # SequenceMatch was on
+    sample = run('sample.py', f'--out_dir={out}', '--num_samples=2', '--max_new_tokens=50', '--show_edits=True',
+                 '--start=ROMEO:')
+    assert sample.stdout.count('ROMEO:') >= 2 and '---------------' in sample.stdout
+
+
+def final_weights(out):
+    return torch.load(os.path.join(out, 'ckpt.pt'), weights_only=False)
+
+
+def test_resume_continues_exactly(shakespeare_char, tmp_path):
+    args = ['config/shakespeare_seqmatch.py', '--eval_interval=10', '--bc_warmup_iters=5', *TINY]
+    straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
+    run('train.py', *args, f'--out_dir={straight}', '--max_iters=20')
+    run('train.py', *args, f'--out_dir={stopped}', '--max_iters=10')
+    half = final_weights(stopped)
+    assert half['iter_num'] == 10 and len(half['optimizer']['state']) > 0
+    result = run('train.py', *args, f'--out_dir={stopped}', '--max_iters=20', '--init_from=resume')
+    assert 'iter 15:' in result.stdout and 'iter 5:' not in result.stdout  # it went on from iteration 10
+    a, b = final_weights(straight), final_weights(stopped)
+    assert b['iter_num'] == 20
+    for name in a['model']:
+        assert torch.equal(a['model'][name], b['model'][name]), f"{name} differs after resuming"
+    assert torch.equal(a['replay']['tokens'], b['replay']['tokens'])
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path):
+    out = tmp_path / 'never'
+    result = run('train.py', f'--out_dir={out}', '--learning_rat=1e-3', check=False)
+    assert result.returncode != 0
+    assert "unknown key 'learning_rat'" in result.stderr
+    result = run('train.py', f'--out_dir={out}', '--max_iters=ten', check=False)
+    assert result.returncode != 0 and 'max_iters' in result.stderr and 'int' in result.stderr
+    assert not out.exists()
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    out = tmp_path / 'never'
+    result = run('train.py', '--dataset=no_such_dataset', f'--out_dir={out}', check=False)
+    assert result.returncode != 0
+    assert 'run python data/no_such_dataset/prepare.py first' in result.stderr
+    assert not out.exists()
+
+
+def test_missing_checkpoint_and_unknown_prompt_characters(shakespeare_char, tmp_path):
+    result = run('sample.py', f'--out_dir={tmp_path}', check=False)
+    assert result.returncode != 0 and 'no checkpoint' in result.stderr
+    out = str(tmp_path / 'run')
+    run('train.py', f'--out_dir={out}', '--objective=mle', '--max_iters=2', '--eval_interval=2', *TINY)
+    result = run('sample.py', f'--out_dir={out}', '--start=Hello wörld €', check=False)
+    assert result.returncode != 0
+    assert "characters not in the vocabulary: 'ö', '€'" in result.stderr
+
+
+def test_torchrun_two_processes_agree(shakespeare_char, tmp_path):
+    torchrun = shutil.which('torchrun') or pytest.fail('torchrun not found next to torch')
+    result = run('train.py', 'config/shakespeare_seqmatch.py', f'--out_dir={tmp_path}', '--max_iters=6',
+                 '--eval_interval=6', '--bc_warmup_iters=2', *TINY,
+                 launcher=(torchrun, '--standalone', '--nproc_per_node=2'))
+    assert '2 process(es)' in result.stdout
+    assert 'DDP: weight checksums of the 2 processes differ by 0.0' in result.stdout

@@ -1,0 +1,393 @@
+"""
+Train a GPT with maximum likelihood, behaviour cloning with <bkspc>, or SequenceMatch.
+
+On one CPU or GPU:
+$ python train.py config/shakespeare_seqmatch.py
+On several GPUs of one node (DDP; gloo instead of nccl on CPUs):
+$ torchrun --standalone --nproc_per_node=4 train.py config/openwebtext_seqmatch.py
+
+objective = 'mle':      next-token cross-entropy on clean data (nanoGPT).
+objective = 'bc':       cross-entropy on noise-augmented data: it learns to <bkspc> after a mistake
+                        (the paper's "MLE + backspace" baseline).
+objective = 'seqmatch': bc alone for bc_warmup_iters, then sm_weight * L_SM + (1 - sm_weight) * L_BC,
+                        with data rows and rollouts of the current policy (a FIFO replay buffer
+                        refreshed every sample_interval iterations) in one forward pass.
+"""
+
+import math
+import os
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.distributed import destroy_process_group, init_process_group
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from model import GPT, GPTConfig
+from seqmatch import add_noise, backspace_inputs, bc_loss, generate, seqmatch_loss
+from tokenizer import load_meta
+
+# -----------------------------------------------------------------------------
+# default config values: a small char-level SequenceMatch run
+# I/O
+out_dir = 'out'  # where ckpt.pt goes
+eval_interval = 250  # evaluate (and checkpoint) every this many iterations
+log_interval = 10  # print training stats every this many iterations
+eval_iters = 20  # batches per evaluation
+eval_only = False  # evaluate once and exit
+init_from = 'scratch'  # 'scratch', 'resume' (from out_dir), 'gpt2*', or the path of another run's ckpt.pt
+# data
+dataset = 'shakespeare_char'  # data/<dataset>/ holds train.bin, val.bin, meta.pkl
+gradient_accumulation_steps = 1  # micro-batches per optimizer step (per process under DDP)
+batch_size = 12  # data rows per micro-batch
+block_size = 64  # tokens per row
+# model
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.0  # for pretraining 0 is good, for finetuning try 0.1+
+bias = False  # biases inside LayerNorm and Linear layers?
+# AdamW optimizer
+learning_rate = 1e-3  # max learning rate
+max_iters = 2000  # total optimizer steps
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0  # clip gradients at this norm, or 0.0 for none
+# learning rate schedule: linear warm-up, then cosine decay to min_lr
+decay_lr = True
+warmup_iters = 100
+lr_decay_iters = 2000  # ~= max_iters per Chinchilla
+min_lr = 1e-4  # ~= learning_rate / 10 per Chinchilla
+# objective
+objective = 'seqmatch'  # 'mle', 'bc' or 'seqmatch'
+p_noise = 0.05  # chance of a noise token + <bkspc> before each data token (bc, seqmatch)
+noise = 'random'  # 'random': uniform over the vocabulary; 'ground_truth': the dataset's own (arithmetic)
+bc_warmup_iters = 500  # seqmatch: iterations of pure bc before the SequenceMatch loss switches on
+sm_weight = 0.5  # seqmatch: loss = sm_weight * L_SM + (1 - sm_weight) * L_BC
+gamma = 0.998  # discount (the paper's value)
+alpha = 1.0  # chi^2 regulariser: the loss has 1/(4 alpha) * E[r^2]
+model_batch_size = 6  # seqmatch: rollout rows per micro-batch, drawn from the replay buffer
+sample_interval = 10  # seqmatch: refresh rollouts every this many iterations
+rollouts_per_sample = 24  # seqmatch: new rollouts per refresh, pushed into the buffer
+buffer_size = 240  # seqmatch: the replay buffer keeps the most recent this many rollouts
+prompt_len = 16  # seqmatch: data tokens that start a rollout; it generates block_size - prompt_len
+temperature = 1.0  # seqmatch: rollout sampling temperature
+top_k = 0  # seqmatch: sample rollouts from the top k actions only, 0 = all
+# system
+device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = 'auto'  # 'auto' (bfloat16 where supported, else float32), 'float32', 'bfloat16', 'float16'
+compile = False  # torch.compile the model (PyTorch 2, a GPU helps)
+seed = 1337
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+exec(open('configurator.py').read())  # overrides from the command line or a config file
+config = {k: globals()[k] for k in config_keys}  # saved in the checkpoint
+# -----------------------------------------------------------------------------
+assert objective in ('mle', 'bc', 'seqmatch'), f"objective must be 'mle', 'bc' or 'seqmatch', not {objective!r}"
+assert noise in ('random', 'ground_truth'), f"noise must be 'random' or 'ground_truth', not {noise!r}"
+if objective == 'seqmatch':
+    assert 0 < prompt_len < block_size, "a rollout needs a prompt and room to generate"
+
+# various inits, derived attributes, I/O setup
+ddp = int(os.environ.get('RANK', -1)) != -1  # launched by torchrun?
+if device == 'auto':
+    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+if ddp:
+    init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
+    ddp_rank = int(os.environ['RANK'])
+    ddp_local_rank = int(os.environ['LOCAL_RANK'])
+    ddp_world_size = int(os.environ['WORLD_SIZE'])
+    if device.startswith('cuda'):
+        device = f'cuda:{ddp_local_rank}'
+        torch.cuda.set_device(device)
+    master_process = ddp_rank == 0  # this process does the logging, checkpointing etc.
+else:
+    ddp_rank, ddp_world_size, master_process = 0, 1, True
+device_type = 'cuda' if device.startswith('cuda') else device  # for autocast
+if dtype == 'auto':
+    dtype = 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+if dtype != 'float32' and device_type != 'cuda':
+    print(f"dtype {dtype} is only used on CUDA here; falling back to float32 on {device_type}")
+    dtype = 'float32'
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
+tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
+if master_process:
+    print(f"device {device}, dtype {dtype}, {ddp_world_size} process(es); data tokens per iteration: {tokens_per_iter:,}")
+torch.manual_seed(seed + ddp_rank)  # each process draws its own batches
+if device_type == 'cuda':
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+# data: nanoGPT's uint16 memmaps, plus the ids that SequenceMatch needs
+data_dir = os.path.join('data', dataset)
+meta = load_meta(data_dir)
+bkspc_id, eos_id = meta['bkspc_id'], meta['eos_id']
+n_actions = bkspc_id + 1  # base vocabulary + <bkspc>; logits above are embedding padding
+noise_fn = None
+if noise == 'ground_truth':
+    from data.arithmetic.noise import wrong_digit_noise  # the only dataset with its own noise
+    noise_fn = wrong_digit_noise(meta)
+print_once = print if master_process else (lambda *a, **k: None)
+
+
+def data_rows(split, n_rows, length):
+    """(n_rows, length) windows at random offsets of the split, on the CPU."""
+    # recreate the memmap every batch to avoid a memory leak, as nanoGPT does
+    data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
+    ix = torch.randint(len(data) - length, (n_rows,))
+    return torch.stack([torch.from_numpy(data[i:i + length].astype(np.int64)) for i in ix])
+
+
+def to_device(*tensors):
+    if device_type == 'cuda':  # pinned memory lets the copy overlap with compute
+        return [t.pin_memory().to(device, non_blocking=True) for t in tensors]
+    return [t.to(device) for t in tensors]
+
+
+def clean_batch(split):
+    """x, y: (batch_size, block_size) inputs and next-token targets for plain language modelling."""
+    rows = data_rows(split, batch_size, block_size + 1)
+    return to_device(rows[:, :-1], rows[:, 1:])
+
+
+def noisy_data_batch():
+    """batch_size noise-augmented data trajectories of block_size tokens; the first token is the prompt.
+    Returns tokens, valid, expert (B, n) on the CPU."""
+    rows = data_rows('train', batch_size, block_size)
+    tokens, expert = zip(*[add_noise(row, p_noise, bkspc_id, n_prompt=1, eos_id=eos_id, noise_fn=noise_fn)
+                           for row in rows])
+    tokens = torch.stack([t[:block_size] for t in tokens])  # a noisy row is longer: keep its beginning
+    expert = torch.stack([e[:block_size] for e in expert])
+    valid = torch.ones_like(expert)
+    valid[:, 0] = False  # no transition into the first token
+    return tokens, valid, expert
+
+
+# model init
+model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
+                  vocab_size=meta['vocab_size'], dropout=dropout)
+iter_num = 0
+best_val_loss = 1e9
+checkpoint = None
+ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+if init_from == 'scratch':
+    print_once(f"initializing a new model from scratch")
+    model = GPT(GPTConfig(**model_args))
+elif init_from == 'resume':
+    print_once(f"resuming training from {ckpt_path}")
+    if not os.path.exists(ckpt_path):
+        raise SystemExit(f"init_from='resume' but there is no checkpoint at {ckpt_path}")
+    checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=False)
+    model_args = checkpoint['model_args']  # the architecture must match the checkpoint
+    model = GPT(GPTConfig(**model_args))
+    model.load_state_dict(checkpoint['model'])
+    iter_num = checkpoint['iter_num']
+    best_val_loss = checkpoint['best_val_loss']
+elif init_from.startswith('gpt2'):
+    print_once(f"initializing from OpenAI GPT-2 weights: {init_from}")
+    model = GPT.from_pretrained(init_from, dict(dropout=dropout))
+    for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size'):
+        model_args[k] = getattr(model.config, k)
+    if block_size < model.config.block_size:
+        model.crop_block_size(block_size)
+        model_args['block_size'] = block_size
+else:
+    # fine-tune another run's checkpoint, e.g. SequenceMatch on top of an MLE-pretrained model
+    print_once(f"fine-tuning the weights of {init_from}")
+    if not os.path.exists(init_from):
+        raise SystemExit(f"init_from={init_from!r} is not 'scratch', 'resume', 'gpt2*' or an existing checkpoint file")
+    source = torch.load(init_from, map_location='cpu', weights_only=False)
+    model_args = dict(source['model_args'], dropout=dropout)
+    state = source['model']
+    if model_args['vocab_size'] < meta['vocab_size']:  # a model without a <bkspc> row: add one
+        wte = state['transformer.wte.weight']
+        extra = wte.mean(dim=0, keepdim=True).expand(meta['vocab_size'] - len(wte), -1)
+        state['transformer.wte.weight'] = state['lm_head.weight'] = torch.cat([wte, extra])
+        model_args['vocab_size'] = meta['vocab_size']
+    model = GPT(GPTConfig(**model_args))
+    model.load_state_dict(state)
+assert model.config.vocab_size >= n_actions, "the model has no row for <bkspc>"
+assert block_size <= model.config.block_size, f"block_size {block_size} > the model's {model.config.block_size}"
+model.to(device)
+
+scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))  # float16 needs loss scaling
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+replay = {'tokens': torch.empty(0, block_size, dtype=torch.long), 'valid': torch.empty(0, block_size, dtype=torch.bool)}
+if checkpoint is not None:
+    optimizer.load_state_dict(checkpoint['optimizer'])
+    replay = checkpoint['replay']
+    torch.set_rng_state(checkpoint['rng'][ddp_rank % len(checkpoint['rng'])])  # the batches continue as if never stopped
+checkpoint = None  # free up memory
+
+raw_model = model
+if compile:
+    print_once("compiling the model... (takes a ~minute)")
+    model = torch.compile(model)
+if ddp:
+    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Cross-entropy of the policy (base vocabulary + <bkspc>) on clean train and val text."""
+    out = {}
+    model.eval()
+    for split in ('train', 'val'):
+        losses = torch.zeros(eval_iters)
+        for k in range(eval_iters):
+            x, y = clean_batch(split)
+            with ctx:
+                logits, _ = model(x)
+            losses[k] = F.cross_entropy(logits[..., :n_actions].flatten(0, 1).float(), y.flatten())
+        out[split] = losses.mean().item()
+    model.train()
+    return out
+
+
+@torch.no_grad()
+def refresh_rollouts():
+    """Roll out the current policy from data prompts and push the rows into the FIFO replay buffer.
+    Returns the fraction of rollout actions that were <bkspc>."""
+    global replay
+    raw_model.eval()
+    prompts = data_rows('train', rollouts_per_sample, prompt_len).to(device)
+    with ctx:
+        tokens, valid = generate(raw_model, prompts, block_size - prompt_len, bkspc_id,
+                                 temperature=temperature, top_k=top_k or None, eos_id=eos_id)
+    raw_model.train()
+    replay = {k: torch.cat([replay[k], v.cpu()])[-buffer_size:] for k, v in (('tokens', tokens), ('valid', valid))}
+    return ((tokens == bkspc_id) & valid).sum().item() / max(valid.sum().item(), 1)
+
+
+def compute_loss(use_sm):
+    """The loss of one micro-batch and a dict of stats for the log."""
+    if objective == 'mle':
+        x, y = clean_batch('train')
+        with ctx:
+            logits, _ = model(x)
+        return F.cross_entropy(logits[..., :n_actions].flatten(0, 1).float(), y.flatten()), {}
+    tokens, valid, expert = noisy_data_batch()
+    n_prompt = [1] * batch_size
+    is_data = torch.ones(batch_size, dtype=torch.bool)
+    if use_sm:  # add rollouts from the replay buffer: one forward pass for data and model rows
+        pick = torch.randint(len(replay['tokens']), (model_batch_size,))
+        tokens = torch.cat([tokens, replay['tokens'][pick]])
+        valid = torch.cat([valid, replay['valid'][pick]])
+        expert = torch.cat([expert, torch.zeros_like(replay['valid'][pick])])
+        n_prompt += [prompt_len] * model_batch_size
+        is_data = torch.cat([is_data, torch.zeros(model_batch_size, dtype=torch.bool)])
+    done = valid & (tokens == eos_id) if eos_id is not None else torch.zeros_like(valid)
+    input_ids, position_ids, attn_mask = backspace_inputs(tokens, bkspc_id, n_prompt)
+    tokens, valid, expert, done, is_data, input_ids, position_ids, attn_mask = to_device(
+        tokens, valid, expert, done, is_data, input_ids, position_ids, attn_mask)
+    with ctx:
+        logits, _ = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
+    logits = logits[..., :n_actions]  # (B, n, A): the policy's logits
+    loss_bc = bc_loss(logits, tokens, expert)
+    if not use_sm:
+        return loss_bc, {'bc': loss_bc.detach()}
+    loss_sm, stats = seqmatch_loss(logits, tokens, valid, expert, is_data, done, gamma, alpha)
+    stats['bc'] = loss_bc.detach()
+    return sm_weight * loss_sm + (1 - sm_weight) * loss_bc, stats
+
+
+def get_lr(it):
+    if it < warmup_iters:  # linear warm-up
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # from 1 down to 0
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+def save_checkpoint():
+    """Written to a temporary file, then renamed: an interrupted save never leaves a broken ckpt.pt."""
+    rng = [torch.get_rng_state()]
+    if ddp:  # every process's RNG state, so each rank's batches continue after a resume
+        rng = [None] * ddp_world_size
+        torch.distributed.all_gather_object(rng, torch.get_rng_state())
+    if not master_process:
+        return
+    checkpoint = {
+        'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': model_args,
+        'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config, 'meta': meta,
+        'replay': replay, 'rng': rng,
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    torch.save(checkpoint, ckpt_path + '.tmp')
+    os.replace(ckpt_path + '.tmp', ckpt_path)
+    print(f"saved checkpoint to {ckpt_path}")
+
+
+# training loop
+t0 = time.time()
+local_iter_num = 0  # iterations in this process's lifetime
+rollout_time = 0.0  # seconds spent sampling since the last log
+bkspc_rate = float('nan')  # of the latest rollouts
+while True:
+    lr = get_lr(iter_num) if decay_lr else learning_rate
+    for param_group in optimizer.param_groups:
+        param_group['lr'] = lr
+
+    resumed_here = init_from == 'resume' and local_iter_num == 0 and not eval_only  # evaluated before the stop
+    if (iter_num % eval_interval == 0 or iter_num == max_iters or eval_only) and not resumed_here:
+        losses = estimate_loss()
+        print_once(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        if not all(map(math.isfinite, losses.values())):
+            raise SystemExit(f"stopping: the evaluation loss is not finite at iteration {iter_num}; "
+                             f"{ckpt_path} still holds the last good checkpoint")
+        best_val_loss = min(best_val_loss, losses['val'])
+        if iter_num > 0 and not eval_only:
+            save_checkpoint()
+    if eval_only or iter_num >= max_iters:
+        break
+
+    use_sm = objective == 'seqmatch' and iter_num >= bc_warmup_iters
+    if use_sm and (iter_num - bc_warmup_iters) % sample_interval == 0:
+        t_sample = time.time()
+        bkspc_rate = refresh_rollouts()
+        rollout_time += time.time() - t_sample
+
+    for micro_step in range(gradient_accumulation_steps):
+        if ddp:  # only sync gradients at the last micro step
+            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
+        loss, stats = compute_loss(use_sm)
+        if not torch.isfinite(loss):
+            raise SystemExit(f"stopping: the loss is {loss.item()} at iteration {iter_num}; "
+                             f"{ckpt_path} still holds the last good checkpoint")
+        scaler.scale(loss / gradient_accumulation_steps).backward()
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+    iter_num += 1
+    local_iter_num += 1
+    if iter_num % log_interval == 0 and master_process:
+        t1 = time.time()
+        dt = (t1 - t0) / log_interval  # per iteration, sampling included
+        t0 = t1
+        line = f"iter {iter_num}: loss {loss.item():.4f}, {dt * 1000:.1f} ms/iter"
+        line += f" (sampling {rollout_time / log_interval * 1000:.1f}), {tokens_per_iter / dt:,.0f} data tok/s"
+        rollout_time = 0.0
+        if stats:
+            line += ', ' + ', '.join(f"{k} {v.item():.4f}" for k, v in stats.items())
+        if use_sm:
+            line += f", bkspc rate {bkspc_rate:.3f}"
+        print(line)
+
+if master_process and not eval_only:
+    print(f"done: best val loss {best_val_loss:.4f}; checkpoint in {ckpt_path}")
+if ddp:  # a cheap check that DDP did its job: every process ends with the same weights
+    checksums = [None] * ddp_world_size
+    torch.distributed.all_gather_object(checksums, sum(p.double().sum().item() for p in raw_model.parameters()))
+    print_once(f"DDP: weight checksums of the {ddp_world_size} processes differ by {max(checksums) - min(checksums)}")
+    torch.distributed.barrier()  # no process tears down gloo while another is still talking to it
+    destroy_process_group()
