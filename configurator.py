@@ -16,7 +16,7 @@ def _set_config(key, value, where):
     default = globals()[key]
     if isinstance(default, float) and type(value) is int:
         value = float(value)  # --learning_rate=1 means 1.0
-    if default is not None and value is not None and type(value) is not type(default):
+    if type(value) is not type(default):
         raise SystemExit(f"config error: {key}={value!r} in {where} should be a {type(default).__name__} "
                          f"like the default {default!r}")
     globals()[key] = value

@@ -37,7 +37,7 @@ if device == 'auto':
     device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 
 
-def replay(actions, bkspc_id, prompt=()):
+def apply_actions(actions, bkspc_id, prompt=()):
     """The final tokens of an action sequence after a prompt and, for each <bkspc>,
     (position in the generated text, deleted token, the token before it)."""
     text, deletions = list(prompt), []
@@ -63,9 +63,9 @@ def arithmetic_row(model, tokenizer, data_dir, temp):
         prompts = torch.tensor([p for p, _ in group], device=device)
         tokens, valid = generate(model, prompts, model.config.block_size - length, tokenizer.bkspc_id,
                                  temperature=temp, eos_id=tokenizer.eos_id)
-        for (_, answer), row, ok in zip(group, tokens[:, length:].tolist(), valid[:, length:].tolist()):
+        for (prompt, answer), row, ok in zip(group, tokens[:, length:].tolist(), valid[:, length:].tolist()):
             actions = [t for t, v in zip(row, ok) if v]
-            text, deletions = replay(actions, tokenizer.bkspc_id)
+            text, deletions = apply_actions(actions, tokenizer.bkspc_id, prompt)
             n_correct += tokenizer.decode(text) == answer + '\n'
             n_actions += len(actions)
             n_bkspc += len(deletions)
@@ -102,7 +102,7 @@ def text_row(model, tokenizer, data_dir):
     texts, n_actions, deletions = [], 0, []
     for prompt, row, ok in zip(prompts.tolist(), tokens[:, prompt_len:].tolist(), valid[:, prompt_len:].tolist()):
         actions = [t for t, v in zip(row, ok) if v]
-        text, deleted = replay(actions, bkspc_id, prompt)
+        text, deleted = apply_actions(actions, bkspc_id, prompt)
         texts.append(tokenizer.decode(text))
         n_actions += len(actions)
         deletions += deleted

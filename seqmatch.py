@@ -26,7 +26,8 @@ from model import KVCache
 
 
 def apply_backspaces(tokens, bkspc_id, n_prompt=0):
-    """The text a trajectory ends in: each <bkspc> deletes the token before it.
+    """The text a trajectory ends in: each <bkspc> deletes the token before it. (Text may become empty
+    here; backspace_inputs refuses that, since the model needs at least one token to condition on.)
     >>> apply_backspaces([5, 6, 7, 9, 9, 8], bkspc_id=9)
     [5, 8]"""
     text = []
@@ -123,7 +124,7 @@ def add_noise(tokens, p_noise, bkspc_id, n_prompt=1, eos_id=None, noise_fn=None,
     noisy[noise_at] = proposal[insert]
     noisy[noise_at + 1] = bkspc_id
     expert = torch.ones(len(noisy), dtype=torch.bool)
-    expert[noise_at] = False
+    expert[noise_at] = False  # the noise is the environment's; the <bkspc> after it is the expert's
     expert[:n_prompt] = False  # the prompt is given, not demonstrated
     return noisy, expert
 
@@ -157,7 +158,9 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
     assert L <= model.config.block_size, f"prompt + new tokens = {L} > block_size {model.config.block_size}"
     device = prompt.device
     rows = torch.arange(B, device=device)
-    pad_id = eos_id if eos_id is not None else 0  # after a row ends; any ordinary token would do
+    # after a row ends it is padded with an ordinary token, pushed like any other: no loss ever reads it
+    # and no real position attends to it (it comes after them), so it need not be masked out
+    pad_id = eos_id if eos_id is not None else 0
     tokens = torch.full((B, L), pad_id, dtype=torch.long, device=device)  # actions, as returned
     tokens[:, :P] = prompt
     valid = torch.zeros(B, L, dtype=torch.bool, device=device)
@@ -174,7 +177,7 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
     logits, _ = model(prompt, kv_cache=kv_cache)  # the prompt is plain causal text
     for j in range(P, L):
         policy_logits = logits[:, -1, :bkspc_id + 1].clone()  # (B, A): base vocabulary + <bkspc>
-        policy_logits[depth <= P, bkspc_id] = float('-inf')  # never delete into the prompt
+        policy_logits[:, bkspc_id].masked_fill_(depth <= P, float('-inf'))  # never delete into the prompt
         action = sample_next(policy_logits, temperature, top_k)
         action = torch.where(done, pad_id, action)
         tokens[:, j] = action
@@ -185,8 +188,8 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
         top = stack[rows, (depth - 2).clamp(min=0)]  # the new top after a pop (meaningless otherwise)
         input_ids[:, j] = torch.where(backspace, input_ids[rows, top], action)
         position_ids[:, j] = torch.where(backspace, position_ids[rows, top], depth)
-        on_stack[rows[backspace], deleted[backspace]] = False
-        on_stack[rows[backspace], top[backspace]] = False
+        on_stack[rows, deleted] &= ~backspace  # (written as &= so that no step waits for the device)
+        on_stack[rows, top] &= ~backspace
         on_stack[:, j] = True
         stack[rows, torch.where(backspace, depth - 2, depth)] = j  # replace the top, or push
         depth = torch.where(backspace, depth - 1, depth + 1)
@@ -227,10 +230,10 @@ def seqmatch_loss(logits, tokens, valid, expert, is_data, done, gamma, alpha):
     value = V_now - gamma * V_next  # (B, n-1)
 
     valid = valid[:, 1:]
-    data = valid & is_data[:, None]
-    model = valid & ~is_data[:, None]
-    groups = [g for g in (data, model) if g.any()]  # average within each group, then over groups
-    expert_term = -masked_mean(reward, data & expert[:, 1:])
+    data_mask = valid & is_data[:, None]
+    model_mask = valid & ~is_data[:, None]
+    groups = [g for g in (data_mask, model_mask) if g.any()]  # average within each group, then over groups
+    expert_term = -masked_mean(reward, data_mask & expert[:, 1:])
     value_term = sum(masked_mean(value, g) for g in groups) / len(groups)
     chi2_term = sum(masked_mean(reward ** 2, g) for g in groups) / len(groups) / (4 * alpha)
     loss = expert_term + value_term + chi2_term
@@ -238,8 +241,8 @@ def seqmatch_loss(logits, tokens, valid, expert, is_data, done, gamma, alpha):
     nan = torch.tensor(float('nan'))
     stats = {
         'expert': expert_term.detach(), 'value': value_term.detach(), 'chi2': chi2_term.detach(),
-        'reward_data': masked_mean(reward, data).detach() if data.any() else nan,
-        'reward_model': masked_mean(reward, model).detach() if model.any() else nan,
+        'reward_data': masked_mean(reward, data_mask).detach() if data_mask.any() else nan,
+        'reward_model': masked_mean(reward, model_mask).detach() if model_mask.any() else nan,
     }
     return loss, stats
 

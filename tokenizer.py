@@ -45,4 +45,6 @@ class Tokenizer:
         return self.itos[token]
 
     def decode(self, tokens):
+        if self.gpt2 is not None:  # whole sequences at once: a character can span several BPE tokens
+            return self.gpt2.decode([t for t in tokens if t != self.bkspc_id])
         return ''.join(self.token_text(t) for t in tokens)

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model import GPT, GPTConfig
 from seqmatch import add_noise, backspace_inputs, bc_loss, generate, seqmatch_loss
-from tokenizer import load_meta
+from tokenizer import Tokenizer, load_meta
 
 # -----------------------------------------------------------------------------
 # default config values: a small char-level SequenceMatch run
@@ -74,6 +74,7 @@ sample_interval = 10  # seqmatch: refresh rollouts every this many iterations
 rollouts_per_sample = 24  # seqmatch: new rollouts per refresh, pushed into the buffer
 buffer_size = 240  # seqmatch: the replay buffer keeps the most recent this many rollouts
 prompt_len = 16  # seqmatch: data tokens that start a rollout; it generates block_size - prompt_len
+prompt_suffix = ''  # seqmatch: rollout prompts end with this text (e.g. '? ', the end of a question); '' = anywhere
 temperature = 1.0  # seqmatch: rollout sampling temperature
 top_k = 0  # seqmatch: sample rollouts from the top k actions only, 0 = all
 # system
@@ -129,7 +130,8 @@ bkspc_id, eos_id = meta['bkspc_id'], meta['eos_id']
 n_actions = bkspc_id + 1  # base vocabulary + <bkspc>; logits above are embedding padding
 noise_fn = None
 if noise == 'ground_truth':
-    from data.arithmetic.noise import wrong_digit_noise  # the only dataset with its own noise
+    assert meta.get('task') == 'arithmetic', "noise='ground_truth' exists for the arithmetic task only"
+    from data.arithmetic.noise import wrong_digit_noise  # the one dataset with noise of its own
     noise_fn = wrong_digit_noise(meta)
 print_once = print if master_process else (lambda *a, **k: None)
 
@@ -140,6 +142,27 @@ def data_rows(split, n_rows, length):
     data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
     ix = torch.randint(len(data) - length, (n_rows,))
     return torch.stack([torch.from_numpy(data[i:i + length].astype(np.int64)) for i in ix])
+
+
+def rollout_prompts(n_rows):
+    """(n_rows, prompt_len) windows of the training data that end with prompt_suffix."""
+    if not prompt_suffix:
+        return data_rows('train', n_rows, prompt_len)
+    data = np.memmap(os.path.join(data_dir, 'train.bin'), dtype=np.uint16, mode='r')
+    ends = prompt_ends[torch.randint(len(prompt_ends), (n_rows,))]  # the window is data[end - prompt_len:end]
+    return torch.stack([torch.from_numpy(data[e - prompt_len:e].astype(np.int64)) for e in ends])
+
+
+if objective == 'seqmatch' and prompt_suffix:  # every place in the training data where a prompt may end
+    suffix = Tokenizer(meta).encode(prompt_suffix)
+    train_data = np.fromfile(os.path.join(data_dir, 'train.bin'), dtype=np.uint16)
+    hit = np.ones(len(train_data) - len(suffix) + 1, dtype=bool)
+    for k, tok in enumerate(suffix):
+        hit &= train_data[k:len(train_data) - len(suffix) + 1 + k] == tok
+    prompt_ends = torch.from_numpy(np.nonzero(hit)[0] + len(suffix))
+    prompt_ends = prompt_ends[prompt_ends >= prompt_len]
+    assert len(prompt_ends) > 0, f"prompt_suffix {prompt_suffix!r} never occurs in the training data"
+    del train_data
 
 
 def to_device(*tensors):
@@ -219,8 +242,17 @@ optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta
 replay = {'tokens': torch.empty(0, block_size, dtype=torch.long), 'valid': torch.empty(0, block_size, dtype=torch.bool)}
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
-    replay = checkpoint['replay']
-    torch.set_rng_state(checkpoint['rng'][ddp_rank % len(checkpoint['rng'])])  # the batches continue as if never stopped
+    scaler.load_state_dict(checkpoint['scaler'])
+    if len(checkpoint['processes']) == ddp_world_size:  # each process's batches continue as if never stopped
+        state = checkpoint['processes'][ddp_rank]
+        torch.set_rng_state(state['rng'])
+        if state['cuda_rng'] is not None and device_type == 'cuda':
+            torch.cuda.set_rng_state(state['cuda_rng'])
+    else:
+        print_once(f"resuming with {ddp_world_size} process(es) instead of {len(checkpoint['processes'])}: "
+                   f"new random streams, the first process's replay buffer")
+        state = checkpoint['processes'][0]
+    replay = state['replay']
 checkpoint = None  # free up memory
 
 raw_model = model
@@ -254,7 +286,7 @@ def refresh_rollouts():
     Returns the fraction of rollout actions that were <bkspc>."""
     global replay
     raw_model.eval()
-    prompts = data_rows('train', rollouts_per_sample, prompt_len).to(device)
+    prompts = rollout_prompts(rollouts_per_sample).to(device)
     with ctx:
         tokens, valid = generate(raw_model, prompts, block_size - prompt_len, bkspc_id,
                                  temperature=temperature, top_k=top_k or None, eos_id=eos_id)
@@ -307,16 +339,19 @@ def get_lr(it):
 
 def save_checkpoint():
     """Written to a temporary file, then renamed: an interrupted save never leaves a broken ckpt.pt."""
-    rng = [torch.get_rng_state()]
-    if ddp:  # every process's RNG state, so each rank's batches continue after a resume
-        rng = [None] * ddp_world_size
-        torch.distributed.all_gather_object(rng, torch.get_rng_state())
+    # what each process needs to continue exactly: its random streams and its replay buffer
+    state = {'rng': torch.get_rng_state(), 'replay': replay,
+             'cuda_rng': torch.cuda.get_rng_state() if device_type == 'cuda' else None}
+    processes = [state]
+    if ddp:
+        processes = [None] * ddp_world_size
+        torch.distributed.all_gather_object(processes, state)
     if not master_process:
         return
     checkpoint = {
-        'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'model_args': model_args,
-        'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config, 'meta': meta,
-        'replay': replay, 'rng': rng,
+        'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+        'model_args': model_args, 'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
+        'meta': meta, 'processes': processes,
     }
     os.makedirs(out_dir, exist_ok=True)
     torch.save(checkpoint, ckpt_path + '.tmp')
@@ -357,8 +392,11 @@ while True:
         if ddp:  # only sync gradients at the last micro step
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         loss, stats = compute_loss(use_sm)
-        if not torch.isfinite(loss):
-            raise SystemExit(f"stopping: the loss is {loss.item()} at iteration {iter_num}; "
+        finite = torch.isfinite(loss.detach()).float()
+        if ddp:  # every process stops together, or the others would wait for it forever
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not finite.item():
+            raise SystemExit(f"stopping: the loss is not finite ({loss.item()}) at iteration {iter_num}; "
                              f"{ckpt_path} still holds the last good checkpoint")
         scaler.scale(loss / gradient_accumulation_steps).backward()
     if grad_clip != 0.0:

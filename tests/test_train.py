@@ -60,7 +60,7 @@ def test_resume_continues_exactly(shakespeare_char, tmp_path):
     assert b['iter_num'] == 20
     for name in a['model']:
         assert torch.equal(a['model'][name], b['model'][name]), f"{name} differs after resuming"
-    assert torch.equal(a['replay']['tokens'], b['replay']['tokens'])
+    assert torch.equal(a['processes'][0]['replay']['tokens'], b['processes'][0]['replay']['tokens'])
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path):
@@ -98,3 +98,30 @@ def test_torchrun_two_processes_agree(shakespeare_char, tmp_path):
                  launcher=(torchrun, '--standalone', '--nproc_per_node=2'))
     assert '2 process(es)' in result.stdout
     assert 'DDP: weight checksums of the 2 processes differ by 0.0' in result.stdout
+
+
+def test_trained_model_deletes_rare_characters(shakespeare_char, tmp_path):
+    """A shortened main job: the model learns to use <bkspc>, and mostly after a character that rarely
+    follows the one before it in Shakespeare (a noise-like character)."""
+    out = str(tmp_path / 'sm')
+    run('train.py', 'config/shakespeare_seqmatch.py', f'--out_dir={out}', '--max_iters=400', '--lr_decay_iters=400',
+        '--bc_warmup_iters=200', '--eval_interval=400', '--device=cpu')
+    result = run('eval.py', f'--out_dirs={out}', '--num_samples=48', '--eval_iters=5')
+    cells = result.stdout.strip().splitlines()[-1].strip('|').split('|')
+    bkspc_rate, rare = float(cells[5]), float(cells[6])
+    print(result.stdout)
+    assert bkspc_rate > 0.01, "the model should use <bkspc>"
+    assert rare > 0.5, "most deletions should remove a noise-like character"
+
+
+def test_diverging_loss_stops_without_touching_the_checkpoint(shakespeare_char, tmp_path):
+    out = str(tmp_path)
+    run('train.py', f'--out_dir={out}', '--objective=bc', '--max_iters=4', '--eval_interval=4', *TINY)
+    good = final_weights(out)
+    result = run('train.py', f'--out_dir={out}', '--objective=bc', '--max_iters=40', '--eval_interval=4',
+                 '--init_from=resume', '--learning_rate=1e30', '--grad_clip=0.0', *TINY, check=False)
+    assert result.returncode != 0
+    assert 'not finite' in result.stderr and 'still holds the last good checkpoint' in result.stderr
+    after = final_weights(out)
+    assert after['iter_num'] == 4
+    assert all(torch.equal(good['model'][k], after['model'][k]) for k in good['model'])

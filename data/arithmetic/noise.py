@@ -1,6 +1,7 @@
 """
-Ground-truth noise for the arithmetic task (train.py --noise=ground_truth): the mistakes a solver
-of this task actually makes, a wrong digit of the problem's base inside the answer.
+Ground-truth noise for the arithmetic task (train.py --noise=ground_truth): the mistakes a solver of this
+task actually makes, a wrong digit of the problem's base inside the answer. A row may start in the
+middle of a problem; its first answer, whose question is cut off, gets no noise.
 """
 import re
 
@@ -10,9 +11,8 @@ PROBLEM = re.compile(r"In base (\d+), what is [^?\n]*\? (-?\d*\n?)")  # group 2:
 
 
 def wrong_digit_noise(meta):
-    """Returns noise_fn(tokens) for seqmatch.add_noise: for each position of a row, a digit of the
-    base other than the true character if the position is inside an answer whose question is in the
-    row (the row may start mid-problem), else -1."""
+    """noise_fn(tokens (n,)) -> (n,) for seqmatch.add_noise: inside an answer, a digit of its base other
+    than the true character; -1 (no noise) everywhere else."""
     stoi, itos = meta['stoi'], meta['itos']
 
     def noise_fn(tokens):
@@ -24,5 +24,4 @@ def wrong_digit_noise(meta):
                 wrong = [d for d in range(base) if str(d) != text[j]]
                 proposal[j] = stoi[str(wrong[torch.randint(len(wrong), ()).item()])]
         return proposal
-
     return noise_fn

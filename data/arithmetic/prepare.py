@@ -1,16 +1,16 @@
 """
 "Add or subtract in base", the arithmetic task of the SequenceMatch paper (from the DeepMind mathematics
 dataset), generated here with no download. One problem per line, character-level:
-    In base 7, what is 1523 - 42? 1511
+    In base 7, what is 23 - 14? 6
 The newline after the answer is the end-of-sequence token. Seeded; the train, validation and test
 problems are disjoint. Writes train.bin / val.bin (the train and validation problems as text),
 val.txt and test.txt (question<TAB>answer, for eval.py) and meta.pkl.
-$ python data/arithmetic/prepare.py [--n_train=5000] [--max_value=2000] [--seed=0]
+$ python data/arithmetic/prepare.py [--n_train=5000] [--max_value=20] [--seed=0]
 Expected output with the defaults:
-    5,000 train, 200 validation and 200 test problems (bases 2-10, operands below 2000)
-    vocab size: 29 (+ <bkspc> = 29)
-    train has 177,946 tokens
-    val has 7,096 tokens
+    5,000 train, 200 validation and 200 test problems (bases 2-10, operands below 20)
+    vocab size: 26, <bkspc> = id 26, model vocabulary 27
+    train has 156,865 tokens
+    val has 6,322 tokens
 """
 import argparse
 import os
@@ -23,7 +23,7 @@ parser = argparse.ArgumentParser(description='generate the add-or-subtract-in-ba
 parser.add_argument('--n_train', type=int, default=5000, help='training problems (the paper: 5,000)')
 parser.add_argument('--n_val', type=int, default=200, help='validation problems, for choosing settings')
 parser.add_argument('--n_test', type=int, default=200, help='held-out test problems (the paper: 200)')
-parser.add_argument('--max_value', type=int, default=2000, help='operands are drawn from 0 .. max_value - 1')
+parser.add_argument('--max_value', type=int, default=20, help='operands are drawn from 0 .. max_value - 1')
 parser.add_argument('--seed', type=int, default=0)
 parser.add_argument('--out_dir', default=os.path.dirname(os.path.abspath(__file__)))
 args = parser.parse_args()
@@ -67,7 +67,7 @@ text = {split: ''.join(f"{q} {a}\n" for q, a in pairs) for split, pairs in split
 chars = sorted(set(''.join(text.values())))
 stoi = {ch: i for i, ch in enumerate(chars)}
 bkspc_id = len(chars)
-print(f"vocab size: {len(chars)} (+ <bkspc> = {bkspc_id})")
+print(f"vocab size: {len(chars)}, <bkspc> = id {bkspc_id}, model vocabulary {bkspc_id + 1}")
 os.makedirs(args.out_dir, exist_ok=True)
 for split in ('train', 'val'):
     ids = np.array([stoi[c] for c in text[split]], dtype=np.uint16)

@@ -3,7 +3,7 @@ Tiny Shakespeare, one token per character, as in nanoGPT. Uses input.txt beside 
 downloads it. Writes train.bin and val.bin (uint16 token ids) and meta.pkl (vocabulary, bkspc_id).
 Expected output:
     length of dataset in characters: 1,115,394
-    vocab size: 65 (+ <bkspc> = 65, model vocabulary 66)
+    vocab size: 65, <bkspc> = id 65, model vocabulary 66
     train has 1,003,854 tokens
     val has 111,540 tokens
 """
@@ -29,7 +29,7 @@ print(f"length of dataset in characters: {len(data):,}")
 
 chars = sorted(set(data))
 bkspc_id = len(chars)  # <bkspc> comes right after the base vocabulary
-print(f"vocab size: {len(chars)} (+ <bkspc> = {bkspc_id}, model vocabulary {bkspc_id + 1})")
+print(f"vocab size: {len(chars)}, <bkspc> = id {bkspc_id}, model vocabulary {bkspc_id + 1}")
 stoi = {ch: i for i, ch in enumerate(chars)}
 itos = {i: ch for i, ch in enumerate(chars)}
 

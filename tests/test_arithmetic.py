@@ -1,0 +1,82 @@
+"""The arithmetic task: the generator, its ground-truth noise, and eval.py on a tiny checkpoint."""
+import pickle
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from data.arithmetic.noise import wrong_digit_noise
+from seqmatch import add_noise, apply_backspaces
+from test_train import TINY, run
+
+QUESTION = re.compile(r"In base (\d+), what is (\d+) ([+-]) (\d+)\?")
+
+
+def prepare(out_dir, *args):
+    run('data/arithmetic/prepare.py', f'--out_dir={out_dir}', '--n_train=300', '--n_val=20', '--n_test=20', *args)
+    with open(out_dir / 'meta.pkl', 'rb') as f:
+        meta = pickle.load(f)
+    return meta
+
+
+@pytest.fixture(scope='module')
+def arithmetic(tmp_path_factory):
+    out = tmp_path_factory.mktemp('arithmetic')
+    return out, prepare(out)
+
+
+def test_generator_is_deterministic_per_seed(arithmetic, tmp_path):
+    out, _ = arithmetic
+    prepare(tmp_path / 'same')
+    prepare(tmp_path / 'other', '--seed=1')
+    for name in ('train.bin', 'val.bin', 'val.txt', 'test.txt'):
+        assert (tmp_path / 'same' / name).read_bytes() == (out / name).read_bytes()
+    assert (tmp_path / 'other' / 'test.txt').read_bytes() != (out / 'test.txt').read_bytes()
+
+
+def test_answers_are_right_and_splits_disjoint(arithmetic):
+    out, meta = arithmetic
+    train_text = ''.join(meta['itos'][t] for t in np.fromfile(out / 'train.bin', dtype=np.uint16).tolist())
+    train_lines = train_text.splitlines()
+    held_out = {split: [l.split('\t') for l in (out / f'{split}.txt').read_text().splitlines()] for split in ('val', 'test')}
+    assert len(train_lines) == 300 and len(held_out['val']) == len(held_out['test']) == 20
+    train_questions = {line.rsplit(' ', 1)[0] for line in train_lines}
+    assert not train_questions & {q for q, _ in held_out['test']}
+    assert not train_questions & {q for q, _ in held_out['val']}
+    assert not {q for q, _ in held_out['val']} & {q for q, _ in held_out['test']}
+    for question, answer in [l.rsplit(' ', 1) for l in train_lines] + held_out['test']:
+        base, x, op, y = QUESTION.fullmatch(question).groups()
+        base = int(base)
+        expected = int(x, base) + int(y, base) if op == '+' else int(x, base) - int(y, base)
+        assert int(answer, base) == expected, (question, answer)
+        assert all(int(d) < base for d in answer.lstrip('-'))
+    assert meta['eos_id'] == meta['stoi']['\n'] and meta['bkspc_id'] == len(meta['stoi'])
+
+
+def test_ground_truth_noise_is_a_wrong_digit_of_the_base(arithmetic):
+    out, meta = arithmetic
+    data = torch.from_numpy(np.fromfile(out / 'train.bin', dtype=np.uint16)[:3000].astype(np.int64))
+    bk, itos = meta['bkspc_id'], meta['itos']
+    noisy, expert = add_noise(data, 0.3, bk, noise_fn=wrong_digit_noise(meta))
+    assert apply_backspaces(noisy, bk) == data.tolist()
+    text = ''.join('#' if t == bk else itos[t] for t in noisy.tolist())
+    n_checked = 0
+    for j in (noisy == bk).nonzero()[:, 0].tolist():
+        noise, true = text[j - 1], text[j + 1]
+        assert noise.isdigit() and noise != true
+        base = int(re.findall(r"In base (\d+)", text[:j])[-1])  # the problem this answer belongs to
+        assert int(noise) < base
+        assert '?' in text[text.rfind('\n', 0, j) + 1:j]  # inside the answer, after the question
+        n_checked += 1
+    assert n_checked > 100
+
+
+def test_eval_prints_the_table(arithmetic, tmp_path):
+    out, _ = arithmetic
+    run_dir = tmp_path / 'run'
+    run('train.py', 'config/arithmetic_seqmatch.py', f'--dataset={out}', f'--out_dir={run_dir}', '--max_iters=6',
+        '--eval_interval=6', '--bc_warmup_iters=3', *TINY, '--block_size=80', '--prompt_len=50')
+    result = run('eval.py', f'--out_dirs={run_dir}', '--split=test')
+    assert '| checkpoint | greedy | sampled (T=1.0) |' in result.stdout
+    assert f'| {run_dir} (seqmatch) | ' in result.stdout
