@@ -208,7 +208,7 @@ def test_loss_by_hand():
     assert abs(loss.item() - (expert_term + value_term + chi2_term)) < 1e-5
 
 
-def test_mixture_weights_data_and_model_equally(tiny_model):
+def test_loss_mixture_weights_data_and_model_equally(tiny_model):
     model = tiny_model()
     data_row = torch.randint(0, BK, (1, 20))
     model_row = random_trajectories(1, 20, 4, BK, 0.3, seed=3)
