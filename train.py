@@ -136,21 +136,25 @@ if noise == 'ground_truth':
 print_once = print if master_process else (lambda *a, **k: None)
 
 
-def data_rows(split, n_rows, length):
-    """(n_rows, length) windows at random offsets of the split, on the CPU."""
+def windows(split, starts, length):
+    """(len(starts), length) windows of the split's tokens beginning at starts, on the CPU."""
     # recreate the memmap every batch to avoid a memory leak, as nanoGPT does
     data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
-    ix = torch.randint(len(data) - length, (n_rows,))
-    return torch.stack([torch.from_numpy(data[i:i + length].astype(np.int64)) for i in ix])
+    return torch.stack([torch.from_numpy(data[i:i + length].astype(np.int64)) for i in starts])
+
+
+def data_rows(split, n_rows, length):
+    """(n_rows, length) windows at random offsets of the split."""
+    n_tokens = os.path.getsize(os.path.join(data_dir, f'{split}.bin')) // 2  # uint16
+    return windows(split, torch.randint(n_tokens - length, (n_rows,)), length)
 
 
 def rollout_prompts(n_rows):
     """(n_rows, prompt_len) windows of the training data that end with prompt_suffix."""
     if not prompt_suffix:
         return data_rows('train', n_rows, prompt_len)
-    data = np.memmap(os.path.join(data_dir, 'train.bin'), dtype=np.uint16, mode='r')
-    ends = prompt_ends[torch.randint(len(prompt_ends), (n_rows,))]  # the window is data[end - prompt_len:end]
-    return torch.stack([torch.from_numpy(data[e - prompt_len:e].astype(np.int64)) for e in ends])
+    ends = prompt_ends[torch.randint(len(prompt_ends), (n_rows,))]
+    return windows('train', ends - prompt_len, prompt_len)
 
 
 if objective == 'seqmatch' and prompt_suffix:  # every place in the training data where a prompt may end
