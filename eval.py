@@ -1,7 +1,8 @@
 """
 Compare trained models: prints one markdown table, one row per checkpoint.
   arithmetic:  exact-match accuracy of the answer after applying the backspaces, greedy and sampled
-               (temperature 1.0), the backspace rate, and how often a backspace removed a wrong character;
+               (temperature 1.0), the backspace rate, how often a backspace removed a wrong character,
+               and, teacher-forced, whether the model writes the right digit and deletes its own mistakes;
   text:        val cross-entropy, and statistics of sampled continuations: the fraction of generated
                words that occur in the training text, distinct-2 (unique word pairs / word pairs),
                the entropy of the character 3-gram distribution, the backspace rate, and (char-level)
@@ -50,10 +51,15 @@ def apply_actions(actions, bkspc_id, prompt=()):
     return text[len(prompt):], deletions
 
 
+def read_problems(data_dir):
+    """[(question, answer)] of the split, as written by data/arithmetic/prepare.py."""
+    with open(os.path.join(data_dir, f'{split}.txt')) as f:
+        return [line.rstrip('\n').split('\t') for line in f]
+
+
 @torch.no_grad()
 def arithmetic_row(model, tokenizer, data_dir, temp):
-    with open(os.path.join(data_dir, f'{split}.txt')) as f:
-        problems = [line.rstrip('\n').split('\t') for line in f]
+    problems = read_problems(data_dir)
     by_length = {}  # generate() takes prompts of one length at a time
     for question, answer in problems:
         prompt = tokenizer.encode('\n' + question + ' ')
@@ -72,6 +78,38 @@ def arithmetic_row(model, tokenizer, data_dir, temp):
             target = answer + '\n'
             n_fixes += sum(i >= len(target) or tokenizer.token_text(tok) != target[i] for i, tok, _ in deletions)
     return n_correct / len(problems), n_bkspc / max(n_actions, 1), n_fixes / max(n_bkspc, 1), n_bkspc
+
+
+@torch.no_grad()
+def mistake_detection(model, tokenizer, data_dir):
+    """Teacher-forced over every answer character (the newline included) of the split's questions:
+    P(right): the policy's probability of the right character, given that it writes one (not <bkspc>);
+    P(<bkspc> after a mistake): the chance of deleting a wrong character w just written, weighted by
+    the policy's P(w), i.e. averaged over the model's own likely mistakes;
+    P(<bkspc> after the right character): the chance of deleting a right one.
+    A <bkspc> returns the model to the state it was in, so sampling gains from it only as far as the
+    second number is above the third."""
+    problems = read_problems(data_dir)
+    bk = tokenizer.bkspc_id
+    p_right, p_bk_wrong, p_bk_right = [], [], []
+    for question, answer in problems:
+        prefix, target = tokenizer.encode('\n' + question + ' '), tokenizer.encode(answer + '\n')
+        # one row per (answer position i, candidate c): prefix + target[:i] + [c], padded on the right
+        # (causal attention: the padding changes nothing before it)
+        n = len(prefix) + len(target)
+        rows = [prefix + target[:i] + [c] for i in range(len(target)) for c in range(bk)]
+        x = torch.tensor([r + [0] * (n - len(r)) for r in rows], device=device)  # (len(target) * bk, n)
+        probs = F.softmax(model(x)[0][..., :bk + 1].float(), dim=-1)  # (rows, n, A)
+        for i, right in enumerate(target):
+            at = len(prefix) + i  # where the candidate sits
+            policy = probs[i * bk, at - 1, :bk]  # (bk,): P(c | state), the same in every row of the block
+            policy = policy / policy.sum()  # among the characters it may write (not <bkspc>)
+            deletes = probs[i * bk:(i + 1) * bk, at, bk]  # (bk,): P(<bkspc> | state + c)
+            wrong = torch.arange(bk, device=device) != right
+            p_right.append(policy[right].item())
+            p_bk_wrong.append(((policy * deletes)[wrong].sum() / policy[wrong].sum()).item())
+            p_bk_right.append(deletes[right].item())
+    return [sum(p) / len(p) for p in (p_right, p_bk_wrong, p_bk_right)]
 
 
 @torch.no_grad()
@@ -137,7 +175,9 @@ for out_dir in out_dirs.split(','):
     if meta.get('task') == 'arithmetic':
         greedy, _, _, _ = arithmetic_row(model, tokenizer, data_dir, 0)
         sampled, rate, fixes, n = arithmetic_row(model, tokenizer, data_dir, temperature)
-        rows.append(f"| {name} | {greedy:.3f} | {sampled:.3f} | {rate:.4f} | {fixes:.2f} ({n}) |")
+        p_right, p_bk_wrong, p_bk_right = mistake_detection(model, tokenizer, data_dir)
+        rows.append(f"| {name} | {greedy:.3f} | {sampled:.3f} | {rate:.4f} | {fixes:.2f} ({n}) "
+                    f"| {p_right:.3f} | {p_bk_wrong:.3f} | {p_bk_right:.3f} |")
     else:
         ce, in_train, distinct2, entropy, rate, rare = text_row(model, tokenizer, data_dir)
         rows.append(f"| {name} | {ce:.4f} | {in_train:.3f} | {distinct2:.3f} | {entropy:.2f} | {rate:.4f} | {rare:.2f} |")
@@ -145,8 +185,9 @@ for out_dir in out_dirs.split(','):
 
 if meta.get('task') == 'arithmetic':
     print(f"\naccuracy on the {split} questions (exact match after backspaces)\n")
-    print("| checkpoint | greedy | sampled (T=1.0) | backspace rate (sampled) | backspaces that removed a wrong character (count) |")
-    print("|---|---|---|---|---|")
+    print("| checkpoint | greedy | sampled (T=1.0) | backspace rate (sampled) | backspaces that removed a wrong character (count) "
+          "| P(right) | P(<bkspc> after a mistake) | P(<bkspc> after the right character) |")
+    print("|---|---|---|---|---|---|---|---|")
 else:
     print(f"\n{num_samples} continuations of {prompt_len}-token val prompts at temperature {temperature}\n")
     print("| checkpoint | val cross-entropy | words in training text | distinct-2 | char 3-gram entropy (bits) "

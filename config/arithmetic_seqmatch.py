@@ -1,20 +1,25 @@
-# Arithmetic, SequenceMatch: bc (as arithmetic_bc.py) for bc_warmup_iters, then the chi^2-mixture loss
-# on data and on the model's own answers to training questions. Same model and data steps as the others.
+# Arithmetic, step 2, SequenceMatch: fine-tune the pretrained model with bc (as arithmetic_bc.py) for
+# bc_warmup_iters, then with the chi^2-mixture loss on data and on the model's own answers to training
+# questions. Same start, data rows and steps as arithmetic_mle.py. Settings chosen on the validation
+# questions (README: what we tried).
 # python train.py config/arithmetic_seqmatch.py
 out_dir = 'out-arithmetic-seqmatch'
+init_from = 'out-arithmetic-pretrain/ckpt.pt'
 dataset = 'arithmetic'
 objective = 'seqmatch'
 noise = 'ground_truth'
-p_noise = 0.1
+p_noise = 0.3
 block_size = 96
 batch_size = 12
-n_layer = 4
-n_head = 4
-n_embd = 128
-max_iters = 3000
-lr_decay_iters = 3000
+max_iters = 1500
+lr_decay_iters = 1500
+learning_rate = 3e-4
+min_lr = 3e-5
 eval_interval = 500
-bc_warmup_iters = 1000
-sm_weight = 0.2  # chosen on the validation questions (README: what we tried)
+bc_warmup_iters = 300  # long enough to learn what <bkspc> does before the rollouts use it
+sm_weight = 0.2
+alpha = 10.0  # alpha 1 bounds the rewards tightly and lowers P(right digit) more
+model_batch_size = 12  # rollout rows per step, as many as data rows: ...
+rollouts_per_sample = 48  # ... and fresh ones to draw them from
 prompt_len = 48  # rollouts answer a training question: the prompt ends with it ...
 prompt_suffix = '? '  # ... right where the answer starts; the newline after the answer ends the rollout

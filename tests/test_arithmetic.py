@@ -73,11 +73,21 @@ def test_ground_truth_noise_is_a_wrong_digit_of_the_base(arithmetic):
     assert n_checked > 100
 
 
-def test_eval_prints_the_table(arithmetic, tmp_path):
+def test_pretrain_then_three_arms_then_eval(arithmetic, tmp_path):
+    """The README's comparison on tiny settings: one pretrained model, each arm fine-tunes it, eval.py
+    prints one row per arm."""
     out, _ = arithmetic
-    run_dir = tmp_path / 'run'
-    run('train.py', 'config/arithmetic_seqmatch.py', f'--dataset={out}', f'--out_dir={run_dir}', '--max_iters=6',
-        '--eval_interval=6', '--bc_warmup_iters=3', *TINY, '--block_size=80', '--prompt_len=50')
-    result = run('eval.py', f'--out_dirs={run_dir}', '--split=test')
+    tiny = [f'--dataset={out}', *TINY, '--block_size=80', '--eval_interval=4']
+    pretrained = tmp_path / 'pretrain'
+    run('train.py', 'config/arithmetic_pretrain.py', f'--out_dir={pretrained}', '--max_iters=4', *tiny)
+    arms = {arm: tmp_path / arm for arm in ('mle', 'bc', 'seqmatch')}
+    for arm, run_dir in arms.items():
+        result = run('train.py', f'config/arithmetic_{arm}.py', f'--init_from={pretrained}/ckpt.pt',
+                     f'--out_dir={run_dir}', '--max_iters=8', '--bc_warmup_iters=4', '--prompt_len=50', *tiny)
+        assert f'fine-tuning the weights of {pretrained}/ckpt.pt' in result.stdout
+    result = run('eval.py', f'--out_dirs={",".join(map(str, arms.values()))}', '--split=test')
     assert '| checkpoint | greedy | sampled (T=1.0) |' in result.stdout
-    assert f'| {run_dir} (seqmatch) | ' in result.stdout
+    for arm, run_dir in arms.items():
+        row = next(line for line in result.stdout.splitlines() if line.startswith(f'| {run_dir} ({arm}) | '))
+        cells = [float(c.split()[0]) for c in row.strip('|').split('|')[1:]]
+        assert len(cells) == 7 and all(0 <= c <= 1 for c in cells), row
