@@ -88,9 +88,13 @@ def backspace_inputs(tokens, bkspc_id, n_prompt):
 # -----------------------------------------------------------------------------
 # 3. Noise augmentation
 #
-# Before each data token (after the prompt), with probability p_noise, insert a noise token x~ and a
-# <bkspc>. The environment put x~ there, so u -> u + x~ is NOT an expert transition (the model must not
-# learn to make mistakes); u + x~ --<bkspc>--> u IS one. Both count in the mixture terms of the loss.
+# Before each data token a* (after the prompt), with probability p_noise, insert a noise token x~ and a
+# <bkspc>. Read the noise as the environment perturbing the expert's action: in state u the expert chose
+# a*, the environment wrote x~ instead. So u -> u+x~ is an expert transition whose ACTION is a* (its next
+# state is u+x~), and u+x~ --<bkspc>--> u is an ordinary expert transition. add_noise therefore returns,
+# next to the noisy row, the action of every transition. (Crediting x~ itself as an action would teach
+# mistakes; dropping u -> u+x~ from the expert term but keeping it in the value term flattens the policy
+# in front of every inserted mistake.) On data alone the SequenceMatch loss is then exactly BC.
 
 
 def random_noise(tokens, bkspc_id, eos_id=None, generator=None):
@@ -106,9 +110,14 @@ def random_noise(tokens, bkspc_id, eos_id=None, generator=None):
 
 
 def add_noise(tokens, p_noise, bkspc_id, n_prompt=1, eos_id=None, noise_fn=None, generator=None):
-    """tokens: (n,) one data row. Returns (noisy (n + 2k,), expert (n + 2k,) bool) for k insertions.
+    """tokens: (n,) one data row. Returns (noisy, actions), both (n + 2k,) for k insertions: the row the
+    model reads, and the expert's action of the transition into each position (the row itself, except
+    that a noise token's action is the data token after its <bkspc>).
     noise_fn(tokens) -> (n,) gives a noise token to insert before each position, or -1 where none may
-    go ("ground-truth noise", e.g. a wrong digit); the default is random_noise."""
+    go ("ground-truth noise", e.g. a wrong digit); the default is random_noise.
+    >>> noisy, actions = add_noise(torch.tensor([5, 6, 7]), 1.0, bkspc_id=9, noise_fn=lambda t: t * 0 + 8)
+    >>> noisy.tolist(), actions.tolist()
+    ([5, 8, 9, 6, 8, 9, 7], [5, 6, 9, 6, 7, 9, 7])"""
     tokens = tokens.cpu()
     n = len(tokens)
     if noise_fn is None:
@@ -123,10 +132,9 @@ def add_noise(tokens, p_noise, bkspc_id, n_prompt=1, eos_id=None, noise_fn=None,
     noisy[dest] = tokens
     noisy[noise_at] = proposal[insert]
     noisy[noise_at + 1] = bkspc_id
-    expert = torch.ones(len(noisy), dtype=torch.bool)
-    expert[noise_at] = False  # the noise is the environment's; the <bkspc> after it is the expert's
-    expert[:n_prompt] = False  # the prompt is given, not demonstrated
-    return noisy, expert
+    actions = noisy.clone()
+    actions[noise_at] = tokens[insert]  # the expert meant the data token; the environment wrote the noise
+    return noisy, actions
 
 # -----------------------------------------------------------------------------
 # 4. Rollouts with <bkspc>
@@ -208,22 +216,26 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
 # implicit reward of u --a--> u' is r = l(a|u) - gamma * V(u'), with V(u') = 0 after end-of-sequence.
 # The chi^2-mixture (IQ-Learn) objective, minimised:
 #   L_SM = - E_expert[r] + E_mix[V(u) - gamma * V(u')] + 1/(4 alpha) * E_mix[r^2]
-# where the mixture gives data and model trajectories equal weight. With data only, no noise and
-# alpha -> inf the first two terms telescope to E[V(u) - l(a|u)] = E[-log pi(a|u)]: cross-entropy.
+# where the mixture gives data and model trajectories equal weight. Every data transition is an expert
+# one (section 3), so with data only and alpha -> inf the first two terms cancel per transition to
+# V(u) - l(a|u) = -log pi(a|u): the cross-entropy of the expert's actions, i.e. BC (MLE without noise).
+# What SequenceMatch adds to BC is the chi^2 term and the model's own rollouts in the mixture.
 
 
 def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def seqmatch_loss(logits, tokens, valid, expert, is_data, done, gamma, alpha):
-    """logits: (B, n, A) over the action space, from the backspace-masked forward of tokens (B, n).
-    valid, expert, done: (B, n) bool for the transition into tokens[:, j] (done: tokens[:, j] ended
-    the episode). is_data: (B,) bool, True for data rows, False for model rollouts.
-    Returns (loss, stats) with stats a dict of detached scalars."""
+def seqmatch_loss(logits, actions, valid, expert, is_data, done, gamma, alpha):
+    """logits: (B, n, A) over the action space, from the backspace-masked forward of the token rows.
+    actions: (B, n) the action of the transition into position j: the row's token, except that a noise
+    token's action is the token the expert intended (add_noise); for rollouts, the row itself.
+    valid, expert, done: (B, n) bool for the transition into position j (expert: counts in the expert
+    term, every valid data transition in train.py; done: it ended the episode). is_data: (B,) bool, True
+    for data rows, False for model rollouts. Returns (loss, stats) with stats a dict of detached scalars."""
     logits = logits.float()
     V = torch.logsumexp(logits, dim=-1)  # (B, n): V of the state after each position
-    Q = logits[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)  # (B, n-1): l(a|u) of each action
+    Q = logits[:, :-1].gather(-1, actions[:, 1:, None]).squeeze(-1)  # (B, n-1): l(a|u) of each action
     V_now = V[:, :-1]  # (B, n-1): V(u)
     V_next = V[:, 1:].masked_fill(done[:, 1:], 0.0)  # (B, n-1): V(u'), 0 at end-of-sequence
     reward = Q - gamma * V_next  # (B, n-1)
@@ -247,8 +259,9 @@ def seqmatch_loss(logits, tokens, valid, expert, is_data, done, gamma, alpha):
     return loss, stats
 
 
-def bc_loss(logits, tokens, expert):
-    """Behaviour cloning: cross-entropy of the expert actions. logits (B, n, A), tokens and expert (B, n)."""
-    targets = tokens[:, 1:].masked_fill(~expert[:, 1:], -1)  # (B, n-1); -1 = not an expert action
+def bc_loss(logits, actions, expert):
+    """Behaviour cloning: cross-entropy of the expert's actions (the intended token at a noise token).
+    logits (B, n, A), actions and expert (B, n)."""
+    targets = actions[:, 1:].masked_fill(~expert[:, 1:], -1)  # (B, n-1); -1 = not an expert action
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
                            ignore_index=-1)

@@ -183,15 +183,17 @@ def clean_batch(split):
 
 def noisy_data_batch():
     """batch_size noise-augmented data trajectories of block_size tokens; the first token is the prompt.
-    Returns tokens, valid, expert (B, n) on the CPU."""
+    Returns tokens, actions (the expert's action into each position, see add_noise), valid (B, n) on the CPU."""
     rows = data_rows('train', batch_size, block_size)
-    tokens, expert = zip(*[add_noise(row, p_noise, bkspc_id, n_prompt=1, eos_id=eos_id, noise_fn=noise_fn)
-                           for row in rows])
+    tokens, actions = zip(*[add_noise(row, p_noise, bkspc_id, n_prompt=1, eos_id=eos_id, noise_fn=noise_fn)
+                            for row in rows])
     tokens = torch.stack([t[:block_size] for t in tokens])  # a noisy row is longer: keep its beginning
-    expert = torch.stack([e[:block_size] for e in expert])
-    valid = torch.ones_like(expert)
+    actions = torch.stack([a[:block_size] for a in actions])
+    valid = torch.ones_like(tokens, dtype=torch.bool)
     valid[:, 0] = False  # no transition into the first token
-    return tokens, valid, expert
+    # a noise token whose intended token was cut off (it ends the row, or only its <bkspc> follows) is dropped
+    valid[:, -2:] &= tokens[:, -2:] == actions[:, -2:]
+    return tokens, actions, valid
 
 
 # model init
@@ -306,27 +308,28 @@ def compute_loss(use_sm):
         with ctx:
             logits, _ = model(x)
         return F.cross_entropy(logits[..., :n_actions].flatten(0, 1).float(), y.flatten()), {}
-    tokens, valid, expert = noisy_data_batch()
+    tokens, actions, valid = noisy_data_batch()
     n_prompt = [1] * batch_size
     is_data = torch.ones(batch_size, dtype=torch.bool)
     if use_sm:  # add rollouts from the replay buffer: one forward pass for data and model rows
         pick = torch.randint(len(replay['tokens']), (model_batch_size,))
         tokens = torch.cat([tokens, replay['tokens'][pick]])
+        actions = torch.cat([actions, replay['tokens'][pick]])  # a rollout's actions are its tokens
         valid = torch.cat([valid, replay['valid'][pick]])
-        expert = torch.cat([expert, torch.zeros_like(replay['valid'][pick])])
         n_prompt += [prompt_len] * model_batch_size
         is_data = torch.cat([is_data, torch.zeros(model_batch_size, dtype=torch.bool)])
+    expert = valid & is_data[:, None]  # every data transition is the expert's (seqmatch.py, section 3)
     done = valid & (tokens == eos_id) if eos_id is not None else torch.zeros_like(valid)
     input_ids, position_ids, attn_mask = backspace_inputs(tokens, bkspc_id, n_prompt)
-    tokens, valid, expert, done, is_data, input_ids, position_ids, attn_mask = to_device(
-        tokens, valid, expert, done, is_data, input_ids, position_ids, attn_mask)
+    actions, valid, expert, done, is_data, input_ids, position_ids, attn_mask = to_device(
+        actions, valid, expert, done, is_data, input_ids, position_ids, attn_mask)
     with ctx:
         logits, _ = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
     logits = logits[..., :n_actions]  # (B, n, A): the policy's logits
-    loss_bc = bc_loss(logits, tokens, expert)
+    loss_bc = bc_loss(logits, actions, expert)
     if not use_sm:
         return loss_bc, {'bc': loss_bc.detach()}
-    loss_sm, stats = seqmatch_loss(logits, tokens, valid, expert, is_data, done, gamma, alpha)
+    loss_sm, stats = seqmatch_loss(logits, actions, valid, expert, is_data, done, gamma, alpha)
     stats['bc'] = loss_bc.detach()
     return sm_weight * loss_sm + (1 - sm_weight) * loss_bc, stats
 

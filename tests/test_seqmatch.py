@@ -146,25 +146,29 @@ def test_greedy_rollout_is_deterministic(tiny_model):
 def test_add_noise():
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, BK, (20000,), generator=g)
-    noisy, expert = add_noise(data, p_noise=0.1, bkspc_id=BK, n_prompt=1, generator=g)
+    noisy, actions = add_noise(data, p_noise=0.1, bkspc_id=BK, n_prompt=1, generator=g)
     assert apply_backspaces(noisy, BK, n_prompt=1) == data.tolist()
     n_inserted = (noisy == BK).sum().item()
     assert len(noisy) == len(data) + 2 * n_inserted
     assert abs(n_inserted / (len(data) - 1) - 0.1) < 0.01  # the rate is p_noise (sd 0.002)
     bkspc_at = (noisy == BK).nonzero()[:, 0]
     noise_at = bkspc_at - 1
-    assert not expert[noise_at].any()  # the environment's mistakes are not expert actions
-    assert expert[bkspc_at].all()  # the corrections are
     assert (noisy[noise_at] != noisy[bkspc_at + 1]).all()  # a mistake is never the true token
-    assert expert.sum() == len(data) - 1 + n_inserted  # every data token but the prompt is expert
-    assert not expert[0]
+    # the action at a noise token is the data token the expert meant (the one after the <bkspc>) ...
+    assert torch.equal(actions[noise_at], noisy[bkspc_at + 1])
+    # ... and everywhere else the row's own token, <bkspc> included
+    elsewhere = torch.ones(len(noisy), dtype=torch.bool)
+    elsewhere[noise_at] = False
+    assert torch.equal(actions[elsewhere], noisy[elsewhere])
+    assert (actions != BK).sum() == 2 * n_inserted + len(data) - n_inserted  # no action is ever the noise
 
 
 def test_add_noise_uses_task_noise_only_where_allowed():
     data = torch.arange(10)
     allowed = torch.tensor([-1] * 5 + [15] * 5)  # noise 15, and only before positions 5..9
-    noisy, expert = add_noise(data, 1.0, BK, n_prompt=1, noise_fn=lambda row: allowed)
+    noisy, actions = add_noise(data, 1.0, BK, n_prompt=1, noise_fn=lambda row: allowed)
     assert noisy.tolist() == [0, 1, 2, 3, 4, 15, BK, 5, 15, BK, 6, 15, BK, 7, 15, BK, 8, 15, BK, 9]
+    assert actions.tolist() == [0, 1, 2, 3, 4, 5, BK, 5, 6, BK, 6, 7, BK, 7, 8, BK, 8, 9, BK, 9]
     noisy, _ = add_noise(torch.zeros(5000, dtype=torch.long) + 1, 0.5, 3, n_prompt=1, eos_id=0)
     assert set(noisy.tolist()) == {1, 2, 3}  # neither the true token 1 nor eos 0 is ever noise
 
@@ -186,26 +190,68 @@ def test_loss_reduces_to_cross_entropy(tiny_model):
 
 
 def test_loss_by_hand():
-    # vocabulary {0, 1, <bkspc>=2}, eos = 1. Prompt [0]; the environment's noise 0; <bkspc>; eos.
-    tokens = torch.tensor([[0, 0, 2, 1]])
+    # vocabulary {0, 1, <bkspc>=2}, eos = 1. Prompt [0]; the expert meant eos, the environment wrote the
+    # noise 0 instead; <bkspc>; eos. The noise transition's action is the intended eos (add_noise).
+    actions = torch.tensor([[0, 1, 2, 1]])
     logits = torch.tensor([[[0.5, 1.0, -1.0], [0.0, 0.0, 2.0], [1.0, 3.0, 0.0], [9.0, 9.0, 9.0]]])
     valid = torch.tensor([[False, True, True, True]])
-    expert = torch.tensor([[False, False, True, True]])
-    done = torch.tensor([[False, False, False, True]])
+    expert = valid  # every data transition is the expert's
+    done = torch.tensor([[False, False, False, True]])  # the noise did not end the episode; eos did
     gamma, alpha = 0.9, 0.5
     V = [math.log(sum(math.exp(x) for x in row)) for row in logits[0].tolist()]
-    r1 = 0.5 - gamma * V[1]  # noise 0 in state [0]: l = 0.5, next state [0, 0]
-    r2 = 2.0 - gamma * V[2]  # <bkspc> in state [0, 0]: l = 2.0, back to [0]
+    r1 = 1.0 - gamma * V[1]  # state [0]: the expert's eos, l = 1.0; the next state is [0, noise]
+    r2 = 2.0 - gamma * V[2]  # <bkspc> in state [0, noise]: l = 2.0, back to [0]
     r3 = 3.0 - gamma * 0.0  # eos in state [0]: l = 3.0, V after eos is 0; the last row of logits is unused
-    expert_term = -(r2 + r3) / 2
+    expert_term = -(r1 + r2 + r3) / 3
     value_term = ((V[0] - gamma * V[1]) + (V[1] - gamma * V[2]) + (V[2] - 0.0)) / 3
     chi2_term = (r1 ** 2 + r2 ** 2 + r3 ** 2) / 3 / (4 * alpha)
-    loss, stats = seqmatch_loss(logits, tokens, valid, expert, torch.tensor([True]), done, gamma, alpha)
+    loss, stats = seqmatch_loss(logits, actions, valid, expert, torch.tensor([True]), done, gamma, alpha)
     assert abs(stats['expert'].item() - expert_term) < 1e-5
     assert abs(stats['value'].item() - value_term) < 1e-5
     assert abs(stats['chi2'].item() - chi2_term) < 1e-5
     assert abs(stats['reward_data'].item() - (r1 + r2 + r3) / 3) < 1e-5
     assert abs(loss.item() - (expert_term + value_term + chi2_term)) < 1e-5
+    # BC on the same row: the cross-entropy of the three intended actions
+    log_pi = [logits[0, j, a].item() - V[j] for j, a in ((0, 1), (1, 2), (2, 1))]
+    assert abs(bc_loss(logits, actions, expert).item() + sum(log_pi) / 3) < 1e-5
+
+
+@pytest.mark.parametrize('gamma', [0.998, 0.9])
+def test_loss_gradient_on_noisy_data_equals_bc(tiny_model, gamma):
+    """With data rows only and alpha -> inf, every transition is the expert's, so the expert and value
+    terms cancel per transition to -log pi(a|u): the gradient of L_SM is BC's, with noise, <bkspc> and eos
+    in the rows."""
+    model = tiny_model()
+    eos = 0
+    g = torch.Generator().manual_seed(1)
+    rows = [add_noise(torch.randint(1, BK, (24,), generator=g), 0.3, BK, eos_id=eos, generator=g)
+            for _ in range(4)]
+    n = min(len(t) for t, _ in rows)
+    tokens = torch.stack([t[:n] for t, _ in rows])
+    actions = torch.stack([a[:n] for _, a in rows])
+    tokens[:, n - 1] = actions[:, n - 1] = eos  # each row ends its episode ...
+    tokens[0, 10] = actions[0, 10] = eos  # ... and one ends early, then goes on as a new one
+    assert (tokens == BK).sum() >= 6 and (tokens != actions).sum() >= 6
+    valid = torch.ones_like(tokens, dtype=torch.bool)
+    valid[:, 0] = False
+    done = valid & (tokens == eos)
+    is_data = torch.ones(4, dtype=torch.bool)
+
+    def gradient(loss_fn):
+        model.zero_grad()
+        input_ids, position_ids, attn_mask = backspace_inputs(tokens, BK, 1)
+        logits, _ = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
+        loss_fn(logits).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    sm = gradient(lambda logits: seqmatch_loss(logits, actions, valid, valid, is_data, done, gamma, 1e12)[0])
+    bc = gradient(lambda logits: bc_loss(logits, actions, valid))
+    assert (sm - bc).abs().max().item() < 1e-6, (sm - bc).abs().max().item()
+    assert bc.abs().max().item() > 1e-3  # a real gradient, not two zeros
+    # the rule it replaces (the noise transition credits the noise, outside the expert term) is not BC
+    expert_old = valid & (tokens == actions)
+    old = gradient(lambda logits: seqmatch_loss(logits, tokens, valid, expert_old, is_data, done, gamma, 1e12)[0])
+    assert (old - bc).abs().max().item() > 1e-3
 
 
 def test_loss_mixture_weights_data_and_model_equally(tiny_model):
