@@ -156,10 +156,12 @@ def sample_next(logits, temperature=1.0, top_k=None):
 
 
 @torch.no_grad()
-def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=None, eos_id=None):
+def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=None, eos_id=None, allow_bkspc=True):
     """prompt: (B, P) token ids, all rows the same length. Returns (tokens, valid), both (B, P + max_new_tokens):
     the prompt followed by the actions taken (<bkspc> included), and valid[:, j] = tokens[:, j] is an
     action of the policy (False on the prompt and on the padding after a row's eos_id).
+    allow_bkspc=False never deletes: greedy decoding needs it, since after a <bkspc> the state is the one
+    before the mistake and the argmax writes the same token again, forever.
     Call model.eval() first: dropout would make the policy differ from the one we train."""
     B, P = prompt.shape
     L = P + max_new_tokens
@@ -185,7 +187,7 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
     logits, _ = model(prompt, kv_cache=kv_cache)  # the prompt is plain causal text
     for j in range(P, L):
         policy_logits = logits[:, -1, :bkspc_id + 1].clone()  # (B, A): base vocabulary + <bkspc>
-        policy_logits[:, bkspc_id].masked_fill_(depth <= P, float('-inf'))  # never delete into the prompt
+        policy_logits[:, bkspc_id].masked_fill_((depth <= P) | (not allow_bkspc), float('-inf'))  # never into the prompt
         action = sample_next(policy_logits, temperature, top_k)
         action = torch.where(done, pad_id, action)
         tokens[:, j] = action
