@@ -133,6 +133,8 @@ def test_rollout_never_deletes_the_prompt(tiny_model):
     assert (tokens[:, 7::2] == BK).all()  # it deletes whenever it may ...
     for row in tokens:
         assert apply_backspaces(row, BK, n_prompt=6)[:6] == row[:6].tolist()  # ... but never the prompt
+    tokens, _ = generate(model, prompt, 30, BK, top_k=5, allow_bkspc=False)
+    assert not (tokens == BK).any()  # and never when it is not allowed to
 
 
 def test_greedy_rollout_is_deterministic(tiny_model):
