@@ -1,8 +1,9 @@
 """
 Compare trained models: prints one markdown table, one row per checkpoint.
-  arithmetic:  exact-match accuracy of the answer after applying the backspaces, greedy and sampled
-               (temperature 1.0), the backspace rate, how often a backspace removed a wrong character,
-               and, teacher-forced, whether the model writes the right digit and deletes its own mistakes;
+  arithmetic:  exact-match accuracy of the answer after applying the backspaces, greedy (<bkspc>
+               forbidden) and sampled (temperature 1.0, 8 answers per question), the backspace rate, how
+               often a backspace removed a wrong character, and, teacher-forced, whether the model writes
+               the right digit, deletes its own mistakes, and what its implicit rewards price them at;
   text:        val cross-entropy, and statistics of sampled continuations: the fraction of generated
                words that occur in the training text, distinct-2 (unique word pairs / word pairs),
                the entropy of the character 3-gram distribution, the backspace rate, and (char-level)
@@ -25,11 +26,12 @@ from tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
 out_dirs = 'out-shakespeare-char-mle,out-shakespeare-seqmatch'  # comma-separated runs (each with a ckpt.pt)
-split = 'val'  # arithmetic: 'val' to choose settings, 'test' (the 200 held-out questions) to report
+split = 'val'  # arithmetic: 'val' to choose settings; to report, 'test' (the paper's 200) or 'unseen' (~1,800 more)
 eval_iters = 50  # text: batches of 12 for the val cross-entropy
 num_samples = 64  # text: sampled continuations
 prompt_len = 16  # text: tokens of val data that start each continuation
 temperature = 1.0  # sampling temperature (arithmetic also reports greedy)
+samples_per_question = 8  # arithmetic: sampled answers per question (averages out the sampling noise)
 seed = 1337
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'mps'
 # -----------------------------------------------------------------------------
@@ -58,40 +60,55 @@ def read_problems(data_dir):
 
 
 @torch.no_grad()
-def arithmetic_row(model, tokenizer, data_dir, temp):
-    problems = read_problems(data_dir)
+def answer_questions(model, tokenizer, problems, temp, n_samples, allow_bkspc=True):
+    """Answer every question n_samples times. Returns (right, stats): right (len(problems),) is the
+    fraction of each question's answers that are exactly right after the backspaces; stats, over all
+    answers: backspace rate, the fraction of backspaces that removed a wrong character, their number, and
+    the fraction of answers that are right and used a <bkspc> (rescued, or at least not spoiled, by it)."""
     by_length = {}  # generate() takes prompts of one length at a time
-    for question, answer in problems:
-        prompt = tokenizer.encode('\n' + question + ' ')
-        by_length.setdefault(len(prompt), []).append((prompt, answer))
-    n_correct = n_actions = n_bkspc = n_fixes = 0
-    for length, group in sorted(by_length.items()):
-        prompts = torch.tensor([p for p, _ in group], device=device)
-        tokens, valid = generate(model, prompts, model.config.block_size - length, tokenizer.bkspc_id,
-                                 temperature=temp, eos_id=tokenizer.eos_id)
-        for (prompt, answer), row, ok in zip(group, tokens[:, length:].tolist(), valid[:, length:].tolist()):
-            actions = [t for t, v in zip(row, ok) if v]
-            text, deletions = apply_actions(actions, tokenizer.bkspc_id, prompt)
-            n_correct += tokenizer.decode(text) == answer + '\n'
-            n_actions += len(actions)
-            n_bkspc += len(deletions)
-            target = answer + '\n'
-            n_fixes += sum(i >= len(target) or tokenizer.token_text(tok) != target[i] for i, tok, _ in deletions)
-    return n_correct / len(problems), n_bkspc / max(n_actions, 1), n_fixes / max(n_bkspc, 1), n_bkspc
+    for k, (question, answer) in enumerate(problems):
+        by_length.setdefault(len(tokenizer.encode('\n' + question + ' ')), []).append(k)
+    right = torch.zeros(len(problems))
+    n_actions = n_bkspc = n_fixes = n_right_with_bkspc = 0
+    for length, ks in sorted(by_length.items()):
+        ks = [k for k in ks for _ in range(n_samples)]
+        for chunk in range(0, len(ks), 1024):  # bounds the KV cache's memory
+            group = ks[chunk:chunk + 1024]
+            prompts = torch.tensor([tokenizer.encode('\n' + problems[k][0] + ' ') for k in group], device=device)
+            tokens, valid = generate(model, prompts, model.config.block_size - length, tokenizer.bkspc_id,
+                                     temperature=temp, eos_id=tokenizer.eos_id, allow_bkspc=allow_bkspc)
+            for k, prompt, row, ok in zip(group, prompts.tolist(), tokens[:, length:].tolist(),
+                                          valid[:, length:].tolist()):
+                actions = [t for t, v in zip(row, ok) if v]
+                text, deletions = apply_actions(actions, tokenizer.bkspc_id, prompt)
+                target = problems[k][1] + '\n'
+                is_right = tokenizer.decode(text) == target
+                right[k] += is_right / n_samples
+                n_actions += len(actions)
+                n_bkspc += len(deletions)
+                n_fixes += sum(i >= len(target) or tokenizer.token_text(tok) != target[i] for i, tok, _ in deletions)
+                n_right_with_bkspc += is_right and len(deletions) > 0
+    n_answers = len(problems) * n_samples
+    return right, (n_bkspc / max(n_actions, 1), n_fixes / max(n_bkspc, 1), n_bkspc, n_right_with_bkspc / n_answers)
 
 
 @torch.no_grad()
-def mistake_detection(model, tokenizer, data_dir):
+def mistake_detection(model, tokenizer, problems, gamma):
     """Teacher-forced over every answer character (the newline included) of the split's questions:
-    P(right): the policy's probability of the right character, given that it writes one (not <bkspc>);
+    P(right): the policy's probability of the right character, given that it writes one (not <bkspc>),
+    over all answer characters, at the first one, and at the end of line;
     P(<bkspc> after a mistake): the chance of deleting a wrong character w just written, weighted by
     the policy's P(w), i.e. averaged over the model's own likely mistakes;
-    P(<bkspc> after the right character): the chance of deleting a right one.
+    P(<bkspc> after the right character): the chance of deleting a right one;
+    the round trip r(u, w) + gamma * r(u + w, <bkspc>) of those mistakes, with the implicit rewards
+    r = l(a|u) - gamma * V(u') of the logits: the soft-Q policy writes w with probability at least
+    exp(round trip - (1 - gamma^2) V(u)), so only a clearly negative round trip keeps mistakes unlikely;
+    r at the end of line: l(eos|u), since V = 0 after the episode ends.
     A <bkspc> returns the model to the state it was in, so sampling gains from it only as far as the
     second number is above the third."""
-    problems = read_problems(data_dir)
     bk = tokenizer.bkspc_id
-    p_right, p_bk_wrong, p_bk_right = [], [], []
+    stats = {k: [] for k in ('p_right', 'p_right_first', 'p_right_eol', 'p_bk_wrong', 'p_bk_right',
+                             'round_trip', 'r_eos')}
     for question, answer in problems:
         prefix, target = tokenizer.encode('\n' + question + ' '), tokenizer.encode(answer + '\n')
         # one row per (answer position i, candidate c): prefix + target[:i] + [c], padded on the right
@@ -99,17 +116,28 @@ def mistake_detection(model, tokenizer, data_dir):
         n = len(prefix) + len(target)
         rows = [prefix + target[:i] + [c] for i in range(len(target)) for c in range(bk)]
         x = torch.tensor([r + [0] * (n - len(r)) for r in rows], device=device)  # (len(target) * bk, n)
-        probs = F.softmax(model(x)[0][..., :bk + 1].float(), dim=-1)  # (rows, n, A)
+        logits = model(x)[0][..., :bk + 1].float()  # (rows, n, A)
+        V = torch.logsumexp(logits, dim=-1)  # (rows, n)
+        probs = F.softmax(logits, dim=-1)
         for i, right in enumerate(target):
             at = len(prefix) + i  # where the candidate sits
+            block = slice(i * bk, (i + 1) * bk)
             policy = probs[i * bk, at - 1, :bk]  # (bk,): P(c | state), the same in every row of the block
             policy = policy / policy.sum()  # among the characters it may write (not <bkspc>)
-            deletes = probs[i * bk:(i + 1) * bk, at, bk]  # (bk,): P(<bkspc> | state + c)
+            deletes = probs[block, at, bk]  # (bk,): P(<bkspc> | state + c)
             wrong = torch.arange(bk, device=device) != right
-            p_right.append(policy[right].item())
-            p_bk_wrong.append(((policy * deletes)[wrong].sum() / policy[wrong].sum()).item())
-            p_bk_right.append(deletes[right].item())
-    return [sum(p) / len(p) for p in (p_right, p_bk_wrong, p_bk_right)]
+            l_u, V_u = logits[i * bk, at - 1, :bk], V[i * bk, at - 1]  # (bk,), (): l(c|u), V(u)
+            round_trip = (l_u - gamma * V[block, at]) + gamma * (logits[block, at, bk] - gamma * V_u)  # (bk,)
+            stats['p_right'].append(policy[right].item())
+            if i == 0:
+                stats['p_right_first'].append(policy[right].item())
+            if i == len(target) - 1:
+                stats['p_right_eol'].append(policy[right].item())
+                stats['r_eos'].append(l_u[right].item())
+            stats['p_bk_wrong'].append(((policy * deletes)[wrong].sum() / policy[wrong].sum()).item())
+            stats['p_bk_right'].append(deletes[right].item())
+            stats['round_trip'].append(((policy * round_trip)[wrong].sum() / policy[wrong].sum()).item())
+    return {k: sum(v) / len(v) for k, v in stats.items()}
 
 
 @torch.no_grad()
@@ -173,21 +201,29 @@ for out_dir in out_dirs.split(','):
     tokenizer = Tokenizer(meta)
     name = f"{out_dir} ({config['objective']})"
     if meta.get('task') == 'arithmetic':
-        greedy, _, _, _ = arithmetic_row(model, tokenizer, data_dir, 0)
-        sampled, rate, fixes, n = arithmetic_row(model, tokenizer, data_dir, temperature)
-        p_right, p_bk_wrong, p_bk_right = mistake_detection(model, tokenizer, data_dir)
-        rows.append(f"| {name} | {greedy:.3f} | {sampled:.3f} | {rate:.4f} | {fixes:.2f} ({n}) "
-                    f"| {p_right:.3f} | {p_bk_wrong:.3f} | {p_bk_right:.3f} |")
+        problems = read_problems(data_dir)
+        greedy, _ = answer_questions(model, tokenizer, problems, 0, 1, allow_bkspc=False)
+        sampled, (rate, fixes, n, rescued) = answer_questions(model, tokenizer, problems, temperature,
+                                                              samples_per_question)
+        se = sampled.std().item() / math.sqrt(len(problems))  # questions differ more than samples do
+        d = mistake_detection(model, tokenizer, problems, config['gamma'])
+        rows.append(f"| {name} | {greedy.mean():.3f} | {sampled.mean():.3f} ± {se:.3f} | {rescued:.3f} "
+                    f"| {rate:.4f} | {fixes:.2f} ({n}) | {d['p_right']:.3f} | {d['p_right_first']:.3f} "
+                    f"| {d['p_right_eol']:.3f} | {d['p_bk_wrong']:.3f} | {d['p_bk_right']:.3f} "
+                    f"| {d['round_trip']:.2f} | {d['r_eos']:.2f} |")
     else:
         ce, in_train, distinct2, entropy, rate, rare = text_row(model, tokenizer, data_dir)
         rows.append(f"| {name} | {ce:.4f} | {in_train:.3f} | {distinct2:.3f} | {entropy:.2f} | {rate:.4f} | {rare:.2f} |")
     print(f"evaluated {out_dir}")
 
 if meta.get('task') == 'arithmetic':
-    print(f"\naccuracy on the {split} questions (exact match after backspaces)\n")
-    print("| checkpoint | greedy | sampled (T=1.0) | backspace rate (sampled) | backspaces that removed a wrong character (count) "
-          "| P(right) | P(<bkspc> after a mistake) | P(<bkspc> after the right character) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\naccuracy on the {len(problems)} {split} questions (exact match after backspaces): greedy with "
+          f"<bkspc> forbidden, and {samples_per_question} sampled answers per question (± a standard error)\n")
+    print(f"| checkpoint | greedy | sampled (T={temperature}) | right with a <bkspc> | backspace rate "
+          "| backspaces that removed a wrong character (count) | P(right) | P(right), first character "
+          "| P(right), end of line | P(<bkspc> after a mistake) | P(<bkspc> after the right character) "
+          "| round trip r(u,w) + gamma r(u+w,<bkspc>) | r at end of line |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 else:
     print(f"\n{num_samples} continuations of {prompt_len}-token val prompts at temperature {temperature}\n")
     print("| checkpoint | val cross-entropy | words in training text | distinct-2 | char 3-gram entropy (bits) "

@@ -1,4 +1,5 @@
 """The arithmetic task: the generator, its ground-truth noise, and eval.py on a tiny checkpoint."""
+import math
 import pickle
 import re
 
@@ -30,7 +31,7 @@ def test_generator_is_deterministic_per_seed(arithmetic, tmp_path):
     out, _ = arithmetic
     prepare(tmp_path / 'same')
     prepare(tmp_path / 'other', '--seed=1')
-    for name in ('train.bin', 'val.bin', 'val.txt', 'test.txt'):
+    for name in ('train.bin', 'val.bin', 'val.txt', 'test.txt', 'unseen.txt'):
         assert (tmp_path / 'same' / name).read_bytes() == (out / name).read_bytes()
     assert (tmp_path / 'other' / 'test.txt').read_bytes() != (out / 'test.txt').read_bytes()
 
@@ -39,13 +40,16 @@ def test_answers_are_right_and_splits_disjoint(arithmetic):
     out, meta = arithmetic
     train_text = ''.join(meta['itos'][t] for t in np.fromfile(out / 'train.bin', dtype=np.uint16).tolist())
     train_lines = train_text.splitlines()
-    held_out = {split: [l.split('\t') for l in (out / f'{split}.txt').read_text().splitlines()] for split in ('val', 'test')}
+    held_out = {split: [l.split('\t') for l in (out / f'{split}.txt').read_text().splitlines()]
+                for split in ('val', 'test', 'unseen')}
     assert len(train_lines) == 300 and len(held_out['val']) == len(held_out['test']) == 20
-    train_questions = {line.rsplit(' ', 1)[0] for line in train_lines}
-    assert not train_questions & {q for q, _ in held_out['test']}
-    assert not train_questions & {q for q, _ in held_out['val']}
-    assert not {q for q, _ in held_out['val']} & {q for q, _ in held_out['test']}
-    for question, answer in [l.rsplit(' ', 1) for l in train_lines] + held_out['test']:
+    assert len(held_out['unseen']) == 9 * 20 * 20 * 2 - 340  # every other question: bases x operands x ops
+    questions = {'train': {line.rsplit(' ', 1)[0] for line in train_lines}}
+    questions.update({split: {q for q, _ in pairs} for split, pairs in held_out.items()})
+    for a, b in [('train', 'val'), ('train', 'test'), ('val', 'test'), ('train', 'unseen'), ('val', 'unseen'),
+                 ('test', 'unseen')]:
+        assert not questions[a] & questions[b], (a, b)
+    for question, answer in [l.rsplit(' ', 1) for l in train_lines] + held_out['test'] + held_out['unseen']:
         base, x, op, y = QUESTION.fullmatch(question).groups()
         base = int(base)
         expected = int(x, base) + int(y, base) if op == '+' else int(x, base) - int(y, base)
@@ -86,8 +90,10 @@ def test_pretrain_then_three_arms_then_eval(arithmetic, tmp_path):
                      f'--out_dir={run_dir}', '--max_iters=8', '--bc_warmup_iters=4', '--prompt_len=50', *tiny)
         assert f'fine-tuning the weights of {pretrained}/ckpt.pt' in result.stdout
     result = run('eval.py', f'--out_dirs={",".join(map(str, arms.values()))}', '--split=test')
-    assert '| checkpoint | greedy | sampled (T=1.0) |' in result.stdout
+    assert '| checkpoint | greedy | sampled (T=1.0) | right with a <bkspc> |' in result.stdout
     for arm, run_dir in arms.items():
         row = next(line for line in result.stdout.splitlines() if line.startswith(f'| {run_dir} ({arm}) | '))
         cells = [float(c.split()[0]) for c in row.strip('|').split('|')[1:]]
-        assert len(cells) == 7 and all(0 <= c <= 1 for c in cells), row
+        assert len(cells) == 12, row
+        assert all(0 <= c <= 1 for c in cells[:10]), row  # accuracies, rates and probabilities
+        assert all(math.isfinite(c) for c in cells[10:]), row  # implicit rewards

@@ -4,13 +4,15 @@ dataset), generated here with no download. One problem per line, character-level
     In base 7, what is 23 - 14? 6
 The newline after the answer is the end-of-sequence token. Seeded; the train, validation and test
 problems are disjoint. Writes train.bin / val.bin (the train and validation problems as text),
-val.txt and test.txt (question<TAB>answer, for eval.py) and meta.pkl.
+val.txt, test.txt and unseen.txt (question<TAB>answer, for eval.py; unseen = every other question the
+generator can ask) and meta.pkl.
 $ python data/arithmetic/prepare.py [--n_train=5000] [--max_value=20] [--seed=0]
 Expected output with the defaults:
     5,000 train, 200 validation and 200 test problems (bases 2-10, operands below 20)
     vocab size: 26, <bkspc> = id 26, model vocabulary 27
     train has 156,865 tokens
     val has 6,322 tokens
+    1,800 more questions the generator can ask, none of them above (unseen.txt)
 """
 import argparse
 import os
@@ -73,7 +75,18 @@ for split in ('train', 'val'):
     ids = np.array([stoi[c] for c in text[split]], dtype=np.uint16)
     ids.tofile(os.path.join(args.out_dir, f'{split}.bin'))
     print(f"{split} has {len(ids):,} tokens")
-for split in ('val', 'test'):
+# every other question the generator can ask: a larger held-out set, to grade with less noise than 200
+unseen = {}
+for base in BASES:
+    for x in range(args.max_value):
+        for y in range(args.max_value):
+            for op in '+-':
+                question = f"In base {base}, what is {to_base(x, base)} {op} {to_base(y, base)}?"
+                if question not in problems:
+                    unseen[question] = to_base(x + y if op == '+' else x - y, base)
+splits['unseen'] = list(unseen.items())
+print(f"{len(unseen):,} more questions the generator can ask, none of them above (unseen.txt)")
+for split in ('val', 'test', 'unseen'):
     with open(os.path.join(args.out_dir, f'{split}.txt'), 'w') as f:
         f.writelines(f"{q}\t{a}\n" for q, a in splits[split])
 meta = {'tokenizer': 'char', 'vocab_size': bkspc_id + 1, 'bkspc_id': bkspc_id, 'eos_id': stoi['\n'],
