@@ -273,7 +273,7 @@ def seqmatch_loss(logits, actions, valid, expert, is_data, done, gamma, alpha):
     with V = logsumexp(logits, -1) and V[:, j] = 0 where done[:, j]. Column 0 of the masks is ignored (no
     transition leads into the first token); the last row of logits enters only through V.
     Averaging: the expert term is minus the mean of r_j over all expert transitions of the data rows,
-    pooled (a long row weighs in proportion to its transitions). The value and chi^2 terms average over
+    pooled (a long row weighs in proportion to its transitions; 0 if there are none). The value and chi^2 terms average over
     the valid transitions of each group (data rows, model rows), pooled within the group, then over the
     groups; a group without valid transitions is dropped (data alone is not halved).
     stats: 'expert', 'value', 'chi2' (the three terms; the loss is their sum), 'reward_data' and
