@@ -39,7 +39,9 @@ class KVCache:
         self.length = 0  # number of positions already cached, the same for every row
 
     def update(self, layer, k, v):
-        # k, v: (B, nh, T, hd) for the T new positions; returns keys and values of all S = length + T
+        """k, v: (B, nh, T, hd), the T new positions of one layer. Writes them after the `length` cached
+        positions and returns the keys and values of all S = length + T, (B, nh, S, hd) each. (Every
+        layer writes at the same place: GPT.forward advances `length` once all layers have run.)"""
         if self.kv is None:
             self.kv = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
         T = k.size(2)

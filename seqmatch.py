@@ -7,6 +7,13 @@ SequenceMatch (Cundy & Ermon, ICLR 2024) in one file, in the order of the method
   4. Rollouts: batched sampling with <bkspc> and a step-synchronous KV cache.
   5. The loss: logits are soft Q-values; the chi^2-mixture objective on data and model transitions.
 
+What sections 1-4 are for (read section 5 first if you like): the logit l(a|u) of action a in state u is a
+soft Q-value, V(u) = logsumexp_a l(a|u) is the state's value and r = l(a|u) - gamma * V(u') is the reward
+of the transition u --a--> u'. The loss raises r on the expert's transitions and keeps V and r^2 small on
+a mix of data and the model's own rollouts. It needs the logits at every state of every row, including
+the states a <bkspc> returns to: the masking of section 2 gives them all in one forward pass.
+`python seqmatch.py 'abc<d' --n_prompt=2` prints that masking for a row ('<' is <bkspc>; show_masking).
+
 Conventions used throughout: `tokens` is a (B, n) LongTensor of trajectories, prompt first. The first
 `n_prompt` tokens of a row are the prompt, which no <bkspc> may delete. The base vocabulary is
 0 .. bkspc_id - 1 and the action space is the base vocabulary plus <bkspc>, so the policy reads
@@ -28,6 +35,8 @@ from model import KVCache
 def apply_backspaces(tokens, bkspc_id, n_prompt=0):
     """The text a trajectory ends in: each <bkspc> deletes the token before it. (Text may become empty
     here; backspace_inputs refuses that, since the model needs at least one token to condition on.)
+    A <bkspc> into the prompt raises ValueError("<bkspc> at position {j} would delete into the prompt
+    (the first {n_prompt} tokens)").
     >>> apply_backspaces([5, 6, 7, 9, 9, 8], bkspc_id=9)
     [5, 8]"""
     text = []
@@ -54,6 +63,26 @@ def apply_backspaces(tokens, bkspc_id, n_prompt=0):
 
 def backspace_inputs(tokens, bkspc_id, n_prompt):
     """tokens: (B, n) trajectories. n_prompt: an int, or one per row.
+
+    The stack of the comment above, as rules: an ordinary token keeps its id, and its position id is the
+    stack depth before it is pushed (its index in the state's text); a <bkspc> gets the id and position
+    id of the token left on top after the pop. Position j attends to exactly the positions on the stack
+    after it, so logits row j is the policy at the state after tokens[:j+1]. A <bkspc> that would
+    delete into the prompt or leave no token raises ValueError("row {b}: <bkspc> at position {j} would
+    delete into the prompt (the first {n_prompt} tokens) or leave the row empty").
+
+    Example: the prompt "ab", then "c", <bkspc>, "d" (ids a=0, b=1, c=2, d=3, <bkspc>=4):
+    >>> input_ids, position_ids, attn_mask = backspace_inputs(torch.tensor([[0, 1, 2, 4, 3]]), 4, n_prompt=2)
+    >>> input_ids.tolist(), position_ids.tolist()
+    ([[0, 1, 2, 1, 3]], [[0, 1, 2, 1, 2]])
+    >>> show_masking('abc<d', n_prompt=2)  # the same row, '<' for <bkspc>, the mask as a grid (x = attends)
+     j  token  input id  position id  attends to  logits row j is the policy at
+     0    a       a           0       x . . . .   a
+     1    b       b           1       x x . . .   ab
+     2    c       c           2       x x x . .   abc
+     3    <       b           1       x . . x .   ab
+     4    d       d           2       x . . x x   abd
+
     Returns input_ids (B, n), position_ids (B, n) and attn_mask (B, n, n) (bool, True = may attend)
     for GPT.forward. Raises ValueError if a <bkspc> would delete into the prompt or empty the row."""
     B, n = tokens.shape
@@ -162,6 +191,8 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
     action of the policy (False on the prompt and on the padding after a row's eos_id).
     allow_bkspc=False never deletes: greedy decoding needs it, since after a <bkspc> the state is the one
     before the mistake and the argmax writes the same token again, forever.
+    The model reads the prompt once; after that each step feeds it only the newest token (the copy token
+    at a <bkspc>), one per row, and the KV cache holds everything before it.
     Call model.eval() first: dropout would make the policy differ from the one we train."""
     B, P = prompt.shape
     L = P + max_new_tokens
@@ -234,7 +265,37 @@ def seqmatch_loss(logits, actions, valid, expert, is_data, done, gamma, alpha):
     token's action is the token the expert intended (add_noise); for rollouts, the row itself.
     valid, expert, done: (B, n) bool for the transition into position j (expert: counts in the expert
     term, every valid data transition in train.py; done: it ended the episode). is_data: (B,) bool, True
-    for data rows, False for model rollouts. Returns (loss, stats) with stats a dict of detached scalars."""
+    for data rows, False for model rollouts. Returns (loss, stats) with stats a dict of detached scalars.
+
+    Index alignment: logits[:, j] is the policy at the state after position j, so the transition into
+    position j >= 1 is the action actions[:, j] taken in the state of logits[:, j-1]:
+        r_j = logits[:, j-1, actions[:, j]] - gamma * V[:, j],   value_j = V[:, j-1] - gamma * V[:, j]
+    with V = logsumexp(logits, -1) and V[:, j] = 0 where done[:, j]. Column 0 of the masks is ignored (no
+    transition leads into the first token); the last row of logits enters only through V.
+    Averaging: the expert term is minus the mean of r_j over all expert transitions of the data rows,
+    pooled (a long row weighs in proportion to its transitions; 0 if there are none). The value and chi^2 terms average over
+    the valid transitions of each group (data rows, model rows), pooled within the group, then over the
+    groups; a group without valid transitions is dropped (data alone is not halved).
+    stats: 'expert', 'value', 'chi2' (the three terms; the loss is their sum), 'reward_data' and
+    'reward_model' (the mean r_j of each group, nan for an empty group).
+
+    Worked example (test_seqmatch_loss_by_hand): vocabulary {0, 1, <bkspc>=2}, eos = 1. Prompt [0]; the
+    expert meant eos, the environment wrote the noise 0 instead; <bkspc>; eos.
+    >>> logits = torch.tensor([[[0.5, 1.0, -1.0], [0.0, 0.0, 2.0], [1.0, 3.0, 0.0], [9.0, 9.0, 9.0]]])
+    >>> actions = torch.tensor([[0, 1, 2, 1]])  # the noise transition's action is the intended eos
+    >>> valid = torch.tensor([[False, True, True, True]])  # also the expert mask: all are data transitions
+    >>> done = torch.tensor([[False, False, False, True]])  # eos ended the episode
+    >>> V = torch.logsumexp(logits[0], dim=-1); V.round(decimals=3)
+    tensor([ 1.5550,  2.2400,  3.1700, 10.0990])
+    >>> r = torch.stack([logits[0, 0, 1] - 0.9 * V[1], logits[0, 1, 2] - 0.9 * V[2], logits[0, 2, 1] - 0.9 * 0])
+    >>> r.round(decimals=3)  # eos (the intended action), <bkspc>, eos (V = 0 after it); logits[0, 3] unused
+    tensor([-1.0160, -0.8530,  3.0000])
+    >>> loss, stats = seqmatch_loss(logits, actions, valid, valid, torch.tensor([True]), done, gamma=0.9, alpha=0.5)
+    >>> {name: round(x.item(), 3) for name, x in stats.items()}, round(loss.item(), 3)
+    ({'expert': -0.377, 'value': 0.699, 'chi2': 1.793, 'reward_data': 0.377, 'reward_model': nan}, 2.115)
+
+    Here expert = -mean(r), value = mean(V[:3] - 0.9 * [V[1], V[2], 0]), chi2 = mean(r^2) / (4 * 0.5), and
+    with no model rows their group is dropped."""
     logits = logits.float()
     V = torch.logsumexp(logits, dim=-1)  # (B, n): V of the state after each position
     Q = logits[:, :-1].gather(-1, actions[:, 1:, None]).squeeze(-1)  # (B, n-1): l(a|u) of each action
@@ -267,3 +328,31 @@ def bc_loss(logits, actions, expert):
     targets = actions[:, 1:].masked_fill(~expert[:, 1:], -1)  # (B, n-1); -1 = not an expert action
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
                            ignore_index=-1)
+
+# -----------------------------------------------------------------------------
+# Seeing the masking of section 2: python seqmatch.py 'abc<d' --n_prompt=2
+
+
+def show_masking(row, n_prompt):
+    """Print what backspace_inputs makes of one row written as characters, '<' standing for <bkspc>: for
+    each position its input id, position id, the positions it attends to and the state whose policy its
+    logits row is. (Characters serve as token ids here: backspace_inputs needs only bkspc_id to be one.)"""
+    tokens = torch.tensor([[ord(c) for c in row]])  # (1, n)
+    input_ids, position_ids, attn_mask = backspace_inputs(tokens, ord('<'), n_prompt)
+    print(' j  token  input id  position id  ' + 'attends to'.ljust(2 * len(row) - 1) + '  logits row j is the policy at')
+    for j, c in enumerate(row):
+        grid = ' '.join('x' if m else '.' for m in attn_mask[0, j].tolist()).ljust(len('attends to'))
+        state = ''.join(map(chr, apply_backspaces(tokens[0, :j + 1], ord('<'))))
+        print(f"{j:2d}    {c}       {chr(input_ids[0, j])}      {position_ids[0, j].item():6d}       {grid}  {state}")
+
+
+if __name__ == '__main__':
+    import argparse
+    parser = argparse.ArgumentParser(description="Print the backspace masking of one row (section 2).")
+    parser.add_argument('row', help="the row as characters, '<' for <bkspc>, e.g. 'abc<d'")
+    parser.add_argument('--n_prompt', type=int, default=1, help="the first n_prompt characters are the prompt")
+    args = parser.parse_args()
+    try:
+        show_masking(args.row, args.n_prompt)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")

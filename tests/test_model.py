@@ -1,3 +1,5 @@
+"""The GPT with position ids, an attention mask and a KV cache. Tests named kv_cache grade KVCache.update
+(the rollout tests of test_seqmatch.py use the cache too, see exercise.py)."""
 import torch
 
 from model import KVCache
@@ -17,6 +19,14 @@ def test_default_is_causal_and_equals_an_explicit_causal_mask(tiny_model):
     assert (model(idx2)[0][:, :-1] - logits[:, :-1]).abs().max() < 1e-5
 
 
+def assert_same_logits(incremental, full, how):
+    for b in range(full.size(0)):
+        for t in range(full.size(1)):
+            diff = (incremental[b, t] - full[b, t]).abs().max().item()
+            assert diff < 1e-5, (f"{how}: row {b}, position {t}: the logits differ by {diff:.3g} from the full forward "
+                                 f"(the cache must hold the keys and values of positions 0..{t} of each layer)")
+
+
 def test_kv_cache_one_token_at_a_time_equals_full_forward(tiny_model):
     model = tiny_model()
     idx = torch.randint(0, 20, (2, 12))
@@ -26,7 +36,18 @@ def test_kv_cache_one_token_at_a_time_equals_full_forward(tiny_model):
     steps = [model(idx[:, t:t + 1], kv_cache=cache)[0] for t in range(5, 12)]
     incremental = torch.cat([first] + steps, dim=1)
     assert cache.length == 12
-    assert (incremental - full).abs().max() < 1e-5
+    assert_same_logits(incremental, full, "one token per step after a prompt of 5")
+
+
+def test_kv_cache_several_tokens_per_call_equals_full_forward(tiny_model):
+    # after the first call, a chunk of 3 new tokens is causal among itself and sees every cached position
+    model = tiny_model()
+    idx = torch.randint(0, 20, (2, 12))
+    full, _ = model(idx)
+    cache = KVCache(model.config, batch_size=2, max_len=12)
+    chunks = [model(idx[:, t:t + 3], kv_cache=cache)[0] for t in range(0, 12, 3)]
+    assert cache.length == 12
+    assert_same_logits(torch.cat(chunks, dim=1), full, "3 tokens per call")
 
 
 def test_targets_give_cross_entropy_ignoring_minus_one(tiny_model):

@@ -1,0 +1,84 @@
+"""
+Make a student copy of this repository with some functions left for the student to write:
+
+    python exercise.py backspace_inputs seqmatch_loss --out=../student
+
+copies the repository's files to DIR, replaces the body of each named function by
+`raise NotImplementedError` (its signature and docstring stay: they are the contract the student
+implements), and prints the command that grades each one. The tests are named after the function they
+grade, so a grading command is pytest with a -k selection; tests/test_exercises.py checks that each
+selection fails on the blank function and that every other test still passes.
+"""
+import argparse
+import ast
+import os
+import shutil
+import subprocess
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# exercise: (file, function or Class.method, the pytest -k selection of the tests that grade it)
+EXERCISES = {
+    'apply_backspaces': ('seqmatch.py', 'apply_backspaces', 'apply_backspaces'),
+    'backspace_inputs': ('seqmatch.py', 'backspace_inputs', 'masking'),
+    'add_noise': ('seqmatch.py', 'add_noise', 'add_noise'),
+    'generate': ('seqmatch.py', 'generate', 'rollout'),
+    'seqmatch_loss': ('seqmatch.py', 'seqmatch_loss', 'seqmatch_loss'),
+    'bc_loss': ('seqmatch.py', 'bc_loss', 'bc_loss'),
+    # the rollouts run on the KV cache, so their tests grade it too
+    'KVCache.update': ('model.py', 'KVCache.update', 'kv_cache or rollout'),
+}
+# the test files that grade the exercises (test_hardening.py, where it exists, adds a masking test)
+CORE_TESTS = [path for path in ('tests/test_seqmatch.py', 'tests/test_model.py', 'tests/test_hardening.py')
+              if os.path.exists(os.path.join(ROOT, path))]
+# these check the teacher's copy, whose functions are all written: in a student copy they could only fail
+TEACHER_ONLY = {'exercise.py', 'tests/test_exercises.py'}
+
+
+def grading_command(exercise):
+    return f'python -m pytest -q {" ".join(CORE_TESTS)} -k "{EXERCISES[exercise][2]}"'
+
+
+def blank(source, qualname):
+    """source with the body of function qualname ('f' or 'Class.f') replaced by `raise NotImplementedError`;
+    the decorators, signature and docstring stay. Lines are cut where Python's own parser puts them."""
+    node = ast.parse(source)
+    for name in qualname.split('.'):
+        node = next(n for n in node.body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name == name)
+    lines = source.splitlines(keepends=True)
+    has_docstring = ast.get_docstring(node) is not None
+    first = node.body[0].end_lineno if has_docstring else node.body[0].lineno - 1  # index of the first line to cut
+    indent = ' ' * node.body[0].col_offset
+    return ''.join(lines[:first] + [indent + 'raise NotImplementedError\n'] + lines[node.end_lineno:])
+
+
+def make_student_copy(exercises, out):
+    """Copy the repository's files (those git tracks or would track) to out, the exercises blanked."""
+    if os.path.exists(out) and os.listdir(out):
+        raise SystemExit(f"{out} exists and is not empty: choose a new directory")
+    files = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard'], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    for path in files:
+        if path in TEACHER_ONLY or not os.path.isfile(os.path.join(ROOT, path)):
+            continue  # (a tracked file deleted in the working tree is not copied)
+        os.makedirs(os.path.dirname(os.path.join(out, path)), exist_ok=True)
+        shutil.copy2(os.path.join(ROOT, path), os.path.join(out, path))
+    for exercise in exercises:
+        path, qualname, _ = EXERCISES[exercise]
+        with open(os.path.join(out, path)) as f:
+            source = f.read()
+        with open(os.path.join(out, path), 'w') as f:
+            f.write(blank(source, qualname))
+
+
+if __name__ == '__main__':
+    parser = argparse.ArgumentParser(description="Write a student copy with the named functions left blank.")
+    parser.add_argument('exercises', nargs='+', choices=EXERCISES, metavar='FUNCTION',
+                        help=f"one or more of: {', '.join(EXERCISES)}")
+    parser.add_argument('--out', required=True, help="the directory of the student copy (new or empty)")
+    args = parser.parse_args()
+    make_student_copy(args.exercises, args.out)
+    print(f"wrote a student copy to {args.out}; in it, implement each function and grade it with:")
+    for exercise in args.exercises:
+        path, qualname, _ = EXERCISES[exercise]
+        print(f"  {qualname} ({path}):  {grading_command(exercise)}")
