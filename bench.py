@@ -13,7 +13,7 @@ from seqmatch import add_noise, apply_backspaces, backspace_inputs, generate, sa
 
 which = 'both'  # 'step', 'rollout' or 'both'
 steps = 30  # timed training steps per measurement (after 3 warm-up steps); fewer are noisy on small models
-seed = 1337
+seed = 1337  # random seed of the models and inputs
 exec(open('configurator.py').read())
 
 torch.manual_seed(seed)

@@ -44,21 +44,21 @@ gradient_accumulation_steps = 1  # micro-batches per optimizer step (per process
 batch_size = 12  # data rows per micro-batch
 block_size = 64  # tokens per row
 # model
-n_layer = 4
-n_head = 4
-n_embd = 128
+n_layer = 4  # transformer blocks
+n_head = 4  # attention heads per block
+n_embd = 128  # width of the residual stream
 dropout = 0.0  # for pretraining 0 is good, for finetuning try 0.1+
 bias = False  # biases inside LayerNorm and Linear layers?
 # AdamW optimizer
 learning_rate = 1e-3  # max learning rate
 max_iters = 2000  # total optimizer steps
-weight_decay = 1e-1
-beta1 = 0.9
-beta2 = 0.99
+weight_decay = 1e-1  # on the matrices (Linear weights, embeddings), not on biases or LayerNorm gains
+beta1 = 0.9  # AdamW's momentum
+beta2 = 0.99  # AdamW's second-moment decay; 0.99 (not 0.95) as in nanoGPT's char model: few tokens per iteration
 grad_clip = 1.0  # clip gradients at this norm, or 0.0 for none
 # learning rate schedule: linear warm-up, then cosine decay to min_lr
-decay_lr = True
-warmup_iters = 100
+decay_lr = True  # False: a constant learning_rate
+warmup_iters = 100  # iterations of linear warm-up from ~0 to learning_rate
 lr_decay_iters = 2000  # ~= max_iters per Chinchilla
 min_lr = 1e-4  # ~= learning_rate / 10 per Chinchilla
 # objective
@@ -81,7 +81,7 @@ top_k = 0  # seqmatch: sample rollouts from the top k actions only, 0 = all
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 where supported, else float32), 'float32', 'bfloat16', 'float16'
 compile = False  # torch.compile the model (PyTorch 2, a GPU helps)
-seed = 1337
+seed = 1337  # random seed of the batches, the noise and the rollouts (plus the process rank under DDP)
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open('configurator.py').read())  # overrides from the command line or a config file

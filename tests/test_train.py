@@ -36,6 +36,8 @@ def test_train_then_sample(shakespeare_char, tmp_path, objective):
                  '--max_iters=20', '--eval_interval=10', '--bc_warmup_iters=10', *TINY)
     assert 'step 20: train loss' in result.stdout
     assert os.path.exists(os.path.join(out, 'ckpt.pt')) and not os.path.exists(os.path.join(out, 'ckpt.pt.tmp'))
+    if objective == 'mle':  # --help lists exactly the settings a run records
+        assert set(help_settings('train.py')) == set(final_weights(out)['config'])
     if objective == 'seqmatch':
         assert 'reward_model' in result.stdout and 'bkspc rate' in result.stdout  # SequenceMatch was on
     sample = run('sample.py', f'--out_dir={out}', '--num_samples=2', '--max_new_tokens=50', '--show_edits=True',
@@ -125,3 +127,22 @@ def test_diverging_loss_stops_without_touching_the_checkpoint(shakespeare_char, 
     after = final_weights(out)
     assert after['iter_num'] == 4
     assert all(torch.equal(good['model'][k], after['model'][k]) for k in good['model'])
+
+
+
+def help_settings(script):
+    """The settings that `python script --help` lists: {name: its line}."""
+    result = run(script, '--help')
+    assert result.stdout.startswith(f'usage: python {script} ')
+    lines = [line.strip() for line in result.stdout.split('settings (')[1].splitlines() if line.startswith('  ')]
+    return {line.split(' = ')[0]: line for line in lines}
+
+
+@pytest.mark.parametrize('script', ['train.py', 'sample.py', 'eval.py', 'bench.py'])
+def test_help_lists_every_setting_with_its_default_and_comment(script):
+    settings = help_settings(script)
+    assert len(settings) >= 3
+    for line in settings.values():
+        assert '  # ' in line, f"{script}: the setting {line!r} has no comment"
+    if script == 'train.py':
+        assert settings['out_dir'] == "out_dir = 'out'  # where ckpt.pt goes"
