@@ -38,6 +38,7 @@ log_interval = 10  # print training stats every this many iterations
 eval_iters = 20  # batches per evaluation
 eval_only = False  # evaluate once and exit
 init_from = 'scratch'  # 'scratch', 'resume' (from out_dir), 'gpt2*', or the path of another run's ckpt.pt
+overwrite = False  # True: a new run may replace the checkpoint (and log) of an earlier run in out_dir
 # data
 dataset = 'shakespeare_char'  # data/<dataset>/ holds train.bin, val.bin, meta.pkl
 gradient_accumulation_steps = 1  # micro-batches per optimizer step (per process under DDP)
@@ -91,6 +92,10 @@ assert objective in ('mle', 'bc', 'seqmatch'), f"objective must be 'mle', 'bc' o
 assert noise in ('random', 'ground_truth'), f"noise must be 'random' or 'ground_truth', not {noise!r}"
 if objective == 'seqmatch':
     assert 0 < prompt_len < block_size, "a rollout needs a prompt and room to generate"
+if init_from != 'resume' and not overwrite and os.path.exists(os.path.join(out_dir, 'ckpt.pt')):
+    raise SystemExit(f"{out_dir} already holds a checkpoint of an earlier run; nothing was changed. Either continue "
+                     f"it with --init_from=resume, or start a new run with another --out_dir=... "
+                     f"(or replace it with --overwrite=True)")
 
 # various inits, derived attributes, I/O setup
 ddp = int(os.environ.get('RANK', -1)) != -1  # launched by torchrun?

@@ -146,3 +146,18 @@ def test_help_lists_every_setting_with_its_default_and_comment(script):
         assert '  # ' in line, f"{script}: the setting {line!r} has no comment"
     if script == 'train.py':
         assert settings['out_dir'] == "out_dir = 'out'  # where ckpt.pt goes"
+
+
+def test_a_new_run_never_overwrites_an_earlier_one(shakespeare_char, tmp_path):
+    out = str(tmp_path)
+    run('train.py', f'--out_dir={out}', '--objective=mle', '--max_iters=2', '--eval_interval=2', *TINY)
+    before = open(os.path.join(out, 'ckpt.pt'), 'rb').read()
+    result = run('train.py', f'--out_dir={out}', '--objective=mle', '--max_iters=2', '--eval_interval=2', *TINY,
+                 check=False)
+    assert result.returncode != 0
+    assert 'already holds a checkpoint' in result.stderr
+    assert '--init_from=resume' in result.stderr and '--out_dir=' in result.stderr and '--overwrite=True' in result.stderr
+    assert open(os.path.join(out, 'ckpt.pt'), 'rb').read() == before
+    run('train.py', f'--out_dir={out}', '--objective=mle', '--max_iters=2', '--eval_interval=2', *TINY,
+        '--overwrite=True', '--seed=2')
+    assert open(os.path.join(out, 'ckpt.pt'), 'rb').read() != before  # an explicit overwrite does replace it
