@@ -14,6 +14,7 @@ objective = 'seqmatch': bc alone for bc_warmup_iters, then sm_weight * L_SM + (1
                         refreshed every sample_interval iterations) in one forward pass.
 """
 
+import json
 import math
 import os
 import time
@@ -368,8 +369,27 @@ def save_checkpoint():
     print(f"saved checkpoint to {ckpt_path}")
 
 
+def duration(seconds):
+    """e.g. 2m05s, or 3h07m for long runs."""
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+log_path = os.path.join(out_dir, 'log.jsonl')  # every logged number, one JSON object a line (plot.py reads it)
+if master_process:
+    os.makedirs(out_dir, exist_ok=True)
+    if init_from != 'resume':
+        open(log_path, 'w').close()  # a new run starts a new log; a resumed one appends to its own
+
+
+def log_row(row):
+    with open(log_path, 'a') as f:
+        f.write(json.dumps(row) + '\n')
+
+
 # training loop
-t0 = time.time()
+t0 = t_start = time.time()
 local_iter_num = 0  # iterations in this process's lifetime
 rollout_time = 0.0  # seconds spent sampling since the last log
 bkspc_rate = float('nan')  # of the latest rollouts
@@ -382,6 +402,8 @@ while True:
     if (iter_num % eval_interval == 0 or iter_num == max_iters or eval_only) and not resumed_here:
         losses = estimate_loss()
         print_once(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        if master_process:
+            log_row({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val']})
         if not all(map(math.isfinite, losses.values())):
             raise SystemExit(f"stopping: the evaluation loss is not finite at iteration {iter_num}; "
                              f"{ckpt_path} still holds the last good checkpoint")
@@ -392,6 +414,11 @@ while True:
         break
 
     use_sm = objective == 'seqmatch' and iter_num >= bc_warmup_iters
+    if use_sm and iter_num == bc_warmup_iters and master_process:  # so that nobody reads the jump as divergence
+        print(f"iter {iter_num}: SequenceMatch switches on: the loss now includes the SequenceMatch terms "
+              f"({sm_weight} * L_SM + {1 - sm_weight:g} * L_BC), so it jumps, and the log gains expert, value, chi2, "
+              f"reward_data, reward_model and bkspc rate; the val loss stays comparable")
+        log_row({'iter': iter_num, 'event': 'seqmatch_on'})
     if use_sm and (iter_num - bc_warmup_iters) % sample_interval == 0:
         t_sample = time.time()
         bkspc_rate = refresh_rollouts()
@@ -421,17 +448,24 @@ while True:
         t1 = time.time()
         dt = (t1 - t0) / log_interval  # per iteration, sampling included
         t0 = t1
-        line = f"iter {iter_num}: loss {loss.item():.4f}, {dt * 1000:.1f} ms/iter"
-        line += f" (sampling {rollout_time / log_interval * 1000:.1f}), {tokens_per_iter / dt:,.0f} data tok/s"
+        row = {'iter': iter_num, 'loss': loss.item(), 'ms_per_iter': dt * 1000,
+               'sampling_ms': rollout_time / log_interval * 1000, 'data_tok_per_s': tokens_per_iter / dt}
+        row.update({k: v.item() for k, v in stats.items()})
+        if use_sm:
+            row['bkspc_rate'] = bkspc_rate
+        row['elapsed_s'] = t1 - t_start
+        row['eta_s'] = dt * (max_iters - iter_num)  # at the latest speed; evaluations not included
         rollout_time = 0.0
-        if stats:
-            line += ', ' + ', '.join(f"{k} {v.item():.4f}" for k, v in stats.items())
+        line = f"iter {iter_num}: loss {row['loss']:.4f}, {row['ms_per_iter']:.1f} ms/iter"
+        line += f" (sampling {row['sampling_ms']:.1f}), {row['data_tok_per_s']:,.0f} data tok/s"
+        line += ''.join(f", {k} {row[k]:.4f}" for k in stats)
         if use_sm:
             line += f", bkspc rate {bkspc_rate:.3f}"
-        print(line)
+        print(line + f", {duration(row['elapsed_s'])} elapsed, ETA {duration(row['eta_s'])}")
+        log_row(row)
 
 if master_process and not eval_only:
-    print(f"done: best val loss {best_val_loss:.4f}; checkpoint in {ckpt_path}")
+    print(f"done in {duration(time.time() - t_start)}: best val loss {best_val_loss:.4f}; checkpoint in {ckpt_path}")
 if ddp:  # a cheap check that DDP did its job: every process ends with the same weights
     checksums = [None] * ddp_world_size
     torch.distributed.all_gather_object(checksums, sum(p.double().sum().item() for p in raw_model.parameters()))

@@ -1,4 +1,5 @@
 """End-to-end runs of the real scripts (train.py, sample.py) on tiny settings, as subprocesses."""
+import json
 import os
 import shutil
 import subprocess
@@ -38,8 +39,17 @@ def test_train_then_sample(shakespeare_char, tmp_path, objective):
     assert os.path.exists(os.path.join(out, 'ckpt.pt')) and not os.path.exists(os.path.join(out, 'ckpt.pt.tmp'))
     if objective == 'mle':  # --help lists exactly the settings a run records
         assert set(help_settings('train.py')) == set(final_weights(out)['config'])
+    assert 'iter 15: loss' in result.stdout and 'elapsed, ETA' in result.stdout
+    rows = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
+    assert [r['iter'] for r in rows if 'val_loss' in r] == [0, 10, 20]
+    assert [r['iter'] for r in rows if 'loss' in r] == [5, 10, 15, 20]
     if objective == 'seqmatch':
         assert 'reward_model' in result.stdout and 'bkspc rate' in result.stdout  # SequenceMatch was on
+        assert 'iter 10: SequenceMatch switches on: the loss now includes the SequenceMatch terms' in result.stdout
+        assert {'iter': 10, 'event': 'seqmatch_on'} in rows
+        assert [r['iter'] for r in rows if 'reward_data' in r and 'bkspc_rate' in r] == [15, 20]
+    else:
+        assert 'switches on' not in result.stdout and not any('event' in r for r in rows)
     sample = run('sample.py', f'--out_dir={out}', '--num_samples=2', '--max_new_tokens=50', '--show_edits=True',
                  '--start=ROMEO:')
     assert sample.stdout.count('ROMEO:') >= 2 and '---------------' in sample.stdout
