@@ -22,14 +22,6 @@ def run(script, *args, check=True, launcher=(sys.executable,)):
     return result
 
 
-@pytest.fixture(scope='session')
-def shakespeare_char():
-    """data/shakespeare_char prepared (CI puts input.txt there first)."""
-    if not os.path.exists(os.path.join(ROOT, 'data/shakespeare_char/meta.pkl')):
-        run('data/shakespeare_char/prepare.py')
-    return 'shakespeare_char'
-
-
 @pytest.mark.parametrize('objective', ['mle', 'bc', 'seqmatch'])
 def test_train_then_sample(shakespeare_char, tmp_path, objective):
     out = str(tmp_path / objective)
