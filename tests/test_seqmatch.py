@@ -1,4 +1,4 @@
-"""The core of the method: masking, noise, rollouts and the loss (DESIGN sections 1-3)."""
+"""The core of the method: masking, noise, rollouts and the loss."""
 import math
 
 import pytest
