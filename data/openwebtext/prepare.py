@@ -59,7 +59,11 @@ else:
     except ImportError:
         raise SystemExit("the OpenWebText path needs the optional package datasets: pip install datasets\n"
                          "(or prepare a local text file with --input=FILE)")
-    dataset = load_dataset('openwebtext', num_proc=args.num_proc)
+    try:
+        dataset = load_dataset('openwebtext', num_proc=args.num_proc)
+    except OSError as e:  # ConnectionError included
+        raise SystemExit(f"could not download OpenWebText from the HuggingFace hub ({e}).\n"
+                         f"Offline? Prepare a local text file instead: --input=FILE")
     split = dataset['train'].train_test_split(test_size=0.0005, seed=2357, shuffle=True)  # as nanoGPT
     split['val'] = split.pop('test')
     tokenized = split.map(lambda ex: {'ids': tokenize(ex['text'])}, remove_columns=['text'],
