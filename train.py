@@ -454,7 +454,7 @@ while True:
         if use_sm:
             row['bkspc_rate'] = bkspc_rate
         row['elapsed_s'] = t1 - t_start
-        row['eta_s'] = dt * (max_iters - iter_num)  # at the latest speed; evaluations not included
+        row['eta_s'] = dt * (max_iters - iter_num)  # at the speed of the last log_interval iterations
         rollout_time = 0.0
         line = f"iter {iter_num}: loss {row['loss']:.4f}, {row['ms_per_iter']:.1f} ms/iter"
         line += f" (sampling {row['sampling_ms']:.1f}), {row['data_tok_per_s']:,.0f} data tok/s"
