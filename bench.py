@@ -1,5 +1,5 @@
 """
-Speed checks for the two claims of DESIGN section 2, on the Shakespeare-size models:
+Speed checks for the two claims of the backspace masking (seqmatch.py, section 2), on the Shakespeare-size models:
   (a) a training step (forward + backward) with a backspace mask costs about what a causal one does;
   (b) rollouts with the step-synchronous KV cache beat recomputing the whole prefix every step.
 Prints ratios. Usage: python bench.py [--which=step|rollout|both] [--steps=30]  (the rollout part takes ~8 minutes on 2 cores)
@@ -13,7 +13,7 @@ from seqmatch import add_noise, apply_backspaces, backspace_inputs, generate, sa
 
 which = 'both'  # 'step', 'rollout' or 'both'
 steps = 30  # timed training steps per measurement (after 3 warm-up steps); fewer are noisy on small models
-seed = 1337
+seed = 1337  # random seed of the models and inputs
 exec(open('configurator.py').read())
 
 torch.manual_seed(seed)

@@ -4,8 +4,10 @@ Poor man's configurator, as in nanoGPT. A script defines its settings as globals
 which applies, in order, each config file named on the command line and each --key=value override:
     python train.py config/shakespeare_seqmatch.py --batch_size=32 --device=cuda
 A key the script does not define, or a value of another type, stops with a clear error before
-anything is written.
+anything is written. --help prints every setting with its default and comment, read from the script.
 """
+import ast
+import re
 import sys
 from ast import literal_eval
 
@@ -21,6 +23,22 @@ def _set_config(key, value, where):
                          f"like the default {default!r}")
     globals()[key] = value
 
+
+if '--help' in sys.argv[1:] or '-h' in sys.argv[1:]:
+    # the settings are read from the calling script's own source, so the help can never drift from it
+    _script = open(__file__).read()
+    _tree = ast.parse(_script)
+    print(f"usage: python {sys.argv[0]} [config/file.py ...] [--key=value ...]")
+    print(ast.get_docstring(_tree) or '')
+    print("\nsettings (name = default  # what it does):")
+    _lines = _script[:_script.index("exec(open('configurator.py')")].splitlines()
+    for _line in _lines[_tree.body[0].end_lineno:]:  # after the docstring
+        _match = re.match(r'(\w+) = ', _line)
+        if _match and isinstance(globals().get(_match.group(1)), (int, float, bool, str)):
+            print('  ' + _line)
+        elif _line.startswith('# ') and not _line.startswith('# -'):  # a heading such as '# data'
+            print(_line)
+    sys.exit(0)
 
 for _arg in sys.argv[1:]:
     if not _arg.startswith('--'):

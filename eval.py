@@ -32,7 +32,7 @@ num_samples = 64  # text: sampled continuations
 prompt_len = 16  # text: tokens of val data that start each continuation
 temperature = 1.0  # sampling temperature (arithmetic also reports greedy)
 samples_per_question = 8  # arithmetic: sampled answers per question (averages out the sampling noise)
-seed = 1337
+seed = 1337  # random seed of the batches, prompts and samples
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'mps'
 # -----------------------------------------------------------------------------
 exec(open('configurator.py').read())  # overrides from the command line or a config file

@@ -1,6 +1,6 @@
 """
 A nanoGPT-style GPT (learned positions, pre-LN blocks, weight tying, GPT-2 init) with three additions
-that SequenceMatch needs (see DESIGN section 2):
+that SequenceMatch needs (see seqmatch.py, section 2, backspace masking):
   - position_ids: a backspace makes position ids differ from the column index,
   - attn_mask: a boolean (B, T, S) mask, True = may attend, a subset of the causal triangle,
   - kv_cache: a step-synchronous cache so a batch of rollouts can grow one token per step.

@@ -20,7 +20,7 @@ max_new_tokens = 500  # actions per sample, <bkspc> included
 temperature = 0.8  # 1.0 = the policy itself, < 1.0 = more conservative, 0 = greedy
 top_k = 200  # keep only the top_k most likely actions, 0 = all
 show_edits = False  # also print what was deleted: struck through on a terminal, [-like this-] otherwise
-seed = 1337
+seed = 1337  # random seed of the sampling
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'mps'
 # -----------------------------------------------------------------------------
 exec(open('configurator.py').read())  # overrides from the command line or a config file

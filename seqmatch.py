@@ -51,7 +51,7 @@ def apply_backspaces(tokens, bkspc_id, n_prompt=0):
     return text
 
 # -----------------------------------------------------------------------------
-# 2. Backspace masking (DESIGN section 2)
+# 2. Backspace masking
 #
 # Row j of the logits must be the policy at the state reached after tokens[0..j], exactly as if the
 # model had been run on that state's text alone. We keep a stack of the input positions that make up

@@ -14,6 +14,7 @@ objective = 'seqmatch': bc alone for bc_warmup_iters, then sm_weight * L_SM + (1
                         refreshed every sample_interval iterations) in one forward pass.
 """
 
+import json
 import math
 import os
 import time
@@ -38,27 +39,28 @@ log_interval = 10  # print training stats every this many iterations
 eval_iters = 20  # batches per evaluation
 eval_only = False  # evaluate once and exit
 init_from = 'scratch'  # 'scratch', 'resume' (from out_dir), 'gpt2*', or the path of another run's ckpt.pt
+overwrite = False  # True: a new run may replace the checkpoint (and log) of an earlier run in out_dir
 # data
 dataset = 'shakespeare_char'  # data/<dataset>/ holds train.bin, val.bin, meta.pkl
 gradient_accumulation_steps = 1  # micro-batches per optimizer step (per process under DDP)
 batch_size = 12  # data rows per micro-batch
 block_size = 64  # tokens per row
 # model
-n_layer = 4
-n_head = 4
-n_embd = 128
+n_layer = 4  # transformer blocks
+n_head = 4  # attention heads per block
+n_embd = 128  # width of the residual stream
 dropout = 0.0  # for pretraining 0 is good, for finetuning try 0.1+
 bias = False  # biases inside LayerNorm and Linear layers?
 # AdamW optimizer
 learning_rate = 1e-3  # max learning rate
 max_iters = 2000  # total optimizer steps
-weight_decay = 1e-1
-beta1 = 0.9
-beta2 = 0.99
+weight_decay = 1e-1  # on the matrices (Linear weights, embeddings), not on biases or LayerNorm gains
+beta1 = 0.9  # AdamW's momentum
+beta2 = 0.99  # AdamW's second-moment decay; 0.99 (not 0.95) as in nanoGPT's char model: few tokens per iteration
 grad_clip = 1.0  # clip gradients at this norm, or 0.0 for none
 # learning rate schedule: linear warm-up, then cosine decay to min_lr
-decay_lr = True
-warmup_iters = 100
+decay_lr = True  # False: a constant learning_rate
+warmup_iters = 100  # iterations of linear warm-up from ~0 to learning_rate
 lr_decay_iters = 2000  # ~= max_iters per Chinchilla
 min_lr = 1e-4  # ~= learning_rate / 10 per Chinchilla
 # objective
@@ -81,7 +83,7 @@ top_k = 0  # seqmatch: sample rollouts from the top k actions only, 0 = all
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 where supported, else float32), 'float32', 'bfloat16', 'float16'
 compile = False  # torch.compile the model (PyTorch 2, a GPU helps)
-seed = 1337
+seed = 1337  # random seed of the batches, the noise and the rollouts (plus the process rank under DDP)
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open('configurator.py').read())  # overrides from the command line or a config file
@@ -91,6 +93,10 @@ assert objective in ('mle', 'bc', 'seqmatch'), f"objective must be 'mle', 'bc' o
 assert noise in ('random', 'ground_truth'), f"noise must be 'random' or 'ground_truth', not {noise!r}"
 if objective == 'seqmatch':
     assert 0 < prompt_len < block_size, "a rollout needs a prompt and room to generate"
+if init_from != 'resume' and not overwrite and os.path.exists(os.path.join(out_dir, 'ckpt.pt')):
+    raise SystemExit(f"{out_dir} already holds a checkpoint of an earlier run; nothing was changed. Either continue "
+                     f"it with --init_from=resume, or start a new run with another --out_dir=... "
+                     f"(or replace it with --overwrite=True)")
 
 # various inits, derived attributes, I/O setup
 ddp = int(os.environ.get('RANK', -1)) != -1  # launched by torchrun?
@@ -366,8 +372,27 @@ def save_checkpoint():
     print(f"saved checkpoint to {ckpt_path}")
 
 
+def duration(seconds):
+    """e.g. 2m05s, or 3h07m for long runs."""
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+log_path = os.path.join(out_dir, 'log.jsonl')  # every logged number, one JSON object a line (plot.py reads it)
+if master_process:
+    os.makedirs(out_dir, exist_ok=True)
+    if init_from != 'resume':
+        open(log_path, 'w').close()  # a new run starts a new log; a resumed one appends to its own
+
+
+def log_row(row):
+    with open(log_path, 'a') as f:
+        f.write(json.dumps(row) + '\n')
+
+
 # training loop
-t0 = time.time()
+t0 = t_start = time.time()
 local_iter_num = 0  # iterations in this process's lifetime
 rollout_time = 0.0  # seconds spent sampling since the last log
 bkspc_rate = float('nan')  # of the latest rollouts
@@ -380,6 +405,8 @@ while True:
     if (iter_num % eval_interval == 0 or iter_num == max_iters or eval_only) and not resumed_here:
         losses = estimate_loss()
         print_once(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        if master_process:
+            log_row({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val']})
         if not all(map(math.isfinite, losses.values())):
             raise SystemExit(f"stopping: the evaluation loss is not finite at iteration {iter_num}; "
                              f"{ckpt_path} still holds the last good checkpoint")
@@ -390,6 +417,11 @@ while True:
         break
 
     use_sm = objective == 'seqmatch' and iter_num >= bc_warmup_iters
+    if use_sm and iter_num == bc_warmup_iters and master_process:  # so that nobody reads the jump as divergence
+        print(f"iter {iter_num}: SequenceMatch switches on: the loss now includes the SequenceMatch terms "
+              f"({sm_weight} * L_SM + {1 - sm_weight:g} * L_BC), so it jumps, and the log gains expert, value, chi2, "
+              f"reward_data, reward_model and bkspc rate; the val loss stays comparable")
+        log_row({'iter': iter_num, 'event': 'seqmatch_on'})
     if use_sm and (iter_num - bc_warmup_iters) % sample_interval == 0:
         t_sample = time.time()
         bkspc_rate = refresh_rollouts()
@@ -419,17 +451,24 @@ while True:
         t1 = time.time()
         dt = (t1 - t0) / log_interval  # per iteration, sampling included
         t0 = t1
-        line = f"iter {iter_num}: loss {loss.item():.4f}, {dt * 1000:.1f} ms/iter"
-        line += f" (sampling {rollout_time / log_interval * 1000:.1f}), {tokens_per_iter / dt:,.0f} data tok/s"
+        row = {'iter': iter_num, 'loss': loss.item(), 'ms_per_iter': dt * 1000,
+               'sampling_ms': rollout_time / log_interval * 1000, 'data_tok_per_s': tokens_per_iter / dt}
+        row.update({k: v.item() for k, v in stats.items()})
+        if use_sm:
+            row['bkspc_rate'] = bkspc_rate
+        row['elapsed_s'] = t1 - t_start
+        row['eta_s'] = dt * (max_iters - iter_num)  # at the speed of the last log_interval iterations
         rollout_time = 0.0
-        if stats:
-            line += ', ' + ', '.join(f"{k} {v.item():.4f}" for k, v in stats.items())
+        line = f"iter {iter_num}: loss {row['loss']:.4f}, {row['ms_per_iter']:.1f} ms/iter"
+        line += f" (sampling {row['sampling_ms']:.1f}), {row['data_tok_per_s']:,.0f} data tok/s"
+        line += ''.join(f", {k} {row[k]:.4f}" for k in stats)
         if use_sm:
             line += f", bkspc rate {bkspc_rate:.3f}"
-        print(line)
+        print(line + f", {duration(row['elapsed_s'])} elapsed, ETA {duration(row['eta_s'])}")
+        log_row(row)
 
 if master_process and not eval_only:
-    print(f"done: best val loss {best_val_loss:.4f}; checkpoint in {ckpt_path}")
+    print(f"done in {duration(time.time() - t_start)}: best val loss {best_val_loss:.4f}; checkpoint in {ckpt_path}")
 if ddp:  # a cheap check that DDP did its job: every process ends with the same weights
     checksums = [None] * ddp_world_size
     torch.distributed.all_gather_object(checksums, sum(p.double().sum().item() for p in raw_model.parameters()))

@@ -1,4 +1,6 @@
 import os
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -6,10 +8,11 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # tests import model.py and seqmatch.py from the repository root
-# offline copies that CI and this workplace keep beside the repository (never used by the product code)
-SHARED_DATA = os.path.join(ROOT, '..', 'shared', 'data')
-if 'TIKTOKEN_CACHE_DIR' not in os.environ and os.path.isdir(os.path.join(SHARED_DATA, 'tiktoken_cache')):
-    os.environ['TIKTOKEN_CACHE_DIR'] = os.path.abspath(os.path.join(SHARED_DATA, 'tiktoken_cache'))
+# Without internet, the one setting the tests need (README, "Tests"): a folder with the files they would download,
+# DIR/tinyshakespeare/input.txt and DIR/tiktoken_cache/ (tiktoken's cache holding GPT-2's BPE files).
+OFFLINE_DATA = os.environ.get('SEQMATCH_OFFLINE_DATA')
+if OFFLINE_DATA and 'TIKTOKEN_CACHE_DIR' not in os.environ:
+    os.environ['TIKTOKEN_CACHE_DIR'] = os.path.abspath(os.path.join(OFFLINE_DATA, 'tiktoken_cache'))
 
 from model import GPT, GPTConfig  # noqa: E402
 
@@ -23,3 +26,30 @@ def tiny_model():
                            n_head=n_head, n_embd=n_embd, dropout=0.0, bias=True)
         return GPT(config).eval()
     return make
+
+
+@pytest.fixture(scope='session')
+def shakespeare_char():
+    """data/shakespeare_char prepared: from input.txt already there, the offline copy, or a download."""
+    data = os.path.join(ROOT, 'data', 'shakespeare_char')
+    if not os.path.exists(os.path.join(data, 'meta.pkl')):
+        if OFFLINE_DATA and not os.path.exists(os.path.join(data, 'input.txt')):
+            shutil.copy(os.path.join(OFFLINE_DATA, 'tinyshakespeare', 'input.txt'), os.path.join(data, 'input.txt'))
+        result = subprocess.run([sys.executable, 'data/shakespeare_char/prepare.py'], cwd=ROOT,
+                                capture_output=True, text=True)
+        if 'could not download' in result.stderr:
+            pytest.skip("Tiny Shakespeare could not be downloaded: set SEQMATCH_OFFLINE_DATA=DIR with "
+                        "DIR/tinyshakespeare/input.txt (README, Tests)")
+        assert result.returncode == 0, result.stdout + result.stderr
+    return 'shakespeare_char'
+
+
+@pytest.fixture(scope='session')
+def gpt2_bpe():
+    """GPT-2's BPE through tiktoken, which downloads its files on first use."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding('gpt2')
+    except OSError:  # requests' connection errors are OSErrors
+        pytest.skip("tiktoken could not download GPT-2's BPE files: set SEQMATCH_OFFLINE_DATA=DIR with "
+                    "DIR/tiktoken_cache/ (README, Tests)")

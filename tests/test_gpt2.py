@@ -1,30 +1,40 @@
 """The scale path: GPT-2 BPE data, local text prepared like OpenWebText, and GPT-2 weights."""
 import os
 import pickle
+import random
 
+import pytest
 import torch
 
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT
 from model import GPT
 from test_train import TINY, run
 
-OWT_SAMPLE = os.environ.get('OWT_SAMPLE', os.path.join(SHARED_DATA, 'openwebtext_sample', 'openwebtext_first100docs.txt'))
 
-
-def test_bpe_shakespeare_token_counts():
-    result = run('data/shakespeare/prepare.py')
+def test_bpe_shakespeare_token_counts(shakespeare_char, gpt2_bpe):
+    result = run('data/shakespeare/prepare.py')  # reuses the char-level input.txt
     assert 'train has 301,966 tokens' in result.stdout and 'val has 36,059 tokens' in result.stdout
     with open(os.path.join(ROOT, 'data/shakespeare/meta.pkl'), 'rb') as f:
         meta = pickle.load(f)
     assert (meta['bkspc_id'], meta['eos_id'], meta['vocab_size']) == (50257, 50256, 50304)
 
 
-def test_local_text_prepares_and_trains_with_seqmatch(tmp_path):
-    data = tmp_path / 'owt'
-    result = run('data/openwebtext/prepare.py', f'--input={OWT_SAMPLE}', f'--out_dir={data}')
-    assert 'train has' in result.stdout and (data / 'train.bin').exists() and (data / 'val.bin').exists()
+def write_documents(path, n_docs=150):
+    """A stand-in for an OpenWebText sample: short made-up documents separated by blank lines."""
+    rng = random.Random(0)
+    words = 'the a model text writes reads deletes its own mistake when it sees one and then goes on'.split()
+    docs = [' '.join(rng.choice(words) for _ in range(rng.randint(20, 60))).capitalize() + '.' for _ in range(n_docs)]
+    path.write_text('\n\n'.join(docs))
+
+
+def test_local_text_prepares_and_trains_with_seqmatch(tmp_path, gpt2_bpe):
+    text, data = tmp_path / 'documents.txt', tmp_path / 'owt'
+    write_documents(text)
+    result = run('data/openwebtext/prepare.py', f'--input={text}', f'--out_dir={data}')
+    assert '150 documents, the last 7 for val' in result.stdout
+    assert (data / 'train.bin').exists() and (data / 'val.bin').exists()
     train = (data / 'train.bin').read_bytes()
-    assert train.count((50256).to_bytes(2, 'little')) > 100  # documents end with <|endoftext|>
+    assert train.count((50256).to_bytes(2, 'little')) == 143  # each training document ends with <|endoftext|>
     out = tmp_path / 'out'
     result = run('train.py', 'config/shakespeare_seqmatch.py', f'--dataset={data}', f'--out_dir={out}',
                  '--max_iters=8', '--eval_interval=8', '--bc_warmup_iters=3', *TINY)
@@ -35,7 +45,8 @@ def test_local_text_prepares_and_trains_with_seqmatch(tmp_path):
 
 
 def test_gpt2_weights_load_exactly(tmp_path):
-    import transformers  # optional for users, installed by requirements.txt for the tests
+    transformers = pytest.importorskip('transformers', reason="needs the optional transformers: "
+                                                              "pip install -r requirements-extra.txt")
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=4)
     hf = transformers.GPT2LMHeadModel(config).eval()

@@ -1,4 +1,4 @@
-"""The core of the method: masking, noise, rollouts and the loss (DESIGN sections 1-3).
+"""The core of the method: masking, noise, rollouts and the loss.
 
 Every test is named after the function it grades (apply_backspaces, masking = backspace_inputs, add_noise,
 rollout = generate, seqmatch_loss, bc_loss), so `pytest -k NAME` grades one function (see exercise.py).

@@ -1,4 +1,5 @@
 """End-to-end runs of the real scripts (train.py, sample.py) on tiny settings, as subprocesses."""
+import json
 import os
 import shutil
 import subprocess
@@ -21,14 +22,6 @@ def run(script, *args, check=True, launcher=(sys.executable,)):
     return result
 
 
-@pytest.fixture(scope='session')
-def shakespeare_char():
-    """data/shakespeare_char prepared (CI puts input.txt there first)."""
-    if not os.path.exists(os.path.join(ROOT, 'data/shakespeare_char/meta.pkl')):
-        run('data/shakespeare_char/prepare.py')
-    return 'shakespeare_char'
-
-
 @pytest.mark.parametrize('objective', ['mle', 'bc', 'seqmatch'])
 def test_train_then_sample(shakespeare_char, tmp_path, objective):
     out = str(tmp_path / objective)
@@ -36,8 +29,19 @@ def test_train_then_sample(shakespeare_char, tmp_path, objective):
                  '--max_iters=20', '--eval_interval=10', '--bc_warmup_iters=10', *TINY)
     assert 'step 20: train loss' in result.stdout
     assert os.path.exists(os.path.join(out, 'ckpt.pt')) and not os.path.exists(os.path.join(out, 'ckpt.pt.tmp'))
+    if objective == 'mle':  # --help lists exactly the settings a run records
+        assert set(help_settings('train.py')) == set(final_weights(out)['config'])
+    assert 'iter 15: loss' in result.stdout and 'elapsed, ETA' in result.stdout
+    rows = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
+    assert [r['iter'] for r in rows if 'val_loss' in r] == [0, 10, 20]
+    assert [r['iter'] for r in rows if 'loss' in r] == [5, 10, 15, 20]
     if objective == 'seqmatch':
         assert 'reward_model' in result.stdout and 'bkspc rate' in result.stdout  # SequenceMatch was on
+        assert 'iter 10: SequenceMatch switches on: the loss now includes the SequenceMatch terms' in result.stdout
+        assert {'iter': 10, 'event': 'seqmatch_on'} in rows
+        assert [r['iter'] for r in rows if 'reward_data' in r and 'bkspc_rate' in r] == [15, 20]
+    else:
+        assert 'switches on' not in result.stdout and not any('event' in r for r in rows)
     sample = run('sample.py', f'--out_dir={out}', '--num_samples=2', '--max_new_tokens=50', '--show_edits=True',
                  '--start=ROMEO:')
     assert sample.stdout.count('ROMEO:') >= 2 and '---------------' in sample.stdout
@@ -127,3 +131,37 @@ def test_diverging_loss_stops_without_touching_the_checkpoint(shakespeare_char, 
     after = final_weights(out)
     assert after['iter_num'] == 4
     assert all(torch.equal(good['model'][k], after['model'][k]) for k in good['model'])
+
+
+
+def help_settings(script):
+    """The settings that `python script --help` lists: {name: its line}."""
+    result = run(script, '--help')
+    assert result.stdout.startswith(f'usage: python {script} ')
+    lines = [line.strip() for line in result.stdout.split('settings (')[1].splitlines() if line.startswith('  ')]
+    return {line.split(' = ')[0]: line for line in lines}
+
+
+@pytest.mark.parametrize('script', ['train.py', 'sample.py', 'eval.py', 'bench.py'])
+def test_help_lists_every_setting_with_its_default_and_comment(script):
+    settings = help_settings(script)
+    assert len(settings) >= 3
+    for line in settings.values():
+        assert '  # ' in line, f"{script}: the setting {line!r} has no comment"
+    if script == 'train.py':
+        assert settings['out_dir'] == "out_dir = 'out'  # where ckpt.pt goes"
+
+
+def test_a_new_run_never_overwrites_an_earlier_one(shakespeare_char, tmp_path):
+    out = str(tmp_path)
+    run('train.py', f'--out_dir={out}', '--objective=mle', '--max_iters=2', '--eval_interval=2', *TINY)
+    before = open(os.path.join(out, 'ckpt.pt'), 'rb').read()
+    result = run('train.py', f'--out_dir={out}', '--objective=mle', '--max_iters=2', '--eval_interval=2', *TINY,
+                 check=False)
+    assert result.returncode != 0
+    assert 'already holds a checkpoint' in result.stderr
+    assert '--init_from=resume' in result.stderr and '--out_dir=' in result.stderr and '--overwrite=True' in result.stderr
+    assert open(os.path.join(out, 'ckpt.pt'), 'rb').read() == before
+    run('train.py', f'--out_dir={out}', '--objective=mle', '--max_iters=2', '--eval_interval=2', *TINY,
+        '--overwrite=True', '--seed=2')
+    assert open(os.path.join(out, 'ckpt.pt'), 'rb').read() != before  # an explicit overwrite does replace it

@@ -21,7 +21,12 @@ parser.add_argument('--out_dir', default=os.path.dirname(os.path.abspath(__file_
 parser.add_argument('--num_proc', type=int, default=8, help='worker processes for the HuggingFace path')
 args = parser.parse_args()
 
-enc = tiktoken.get_encoding('gpt2')  # offline: point TIKTOKEN_CACHE_DIR at a copy of tiktoken's cache
+try:
+    enc = tiktoken.get_encoding('gpt2')  # downloads GPT-2's BPE files into tiktoken's cache on first use
+except OSError as e:
+    raise SystemExit(f"tiktoken could not download GPT-2's BPE files ({type(e).__name__}).\n"
+                     f"Offline? Set TIKTOKEN_CACHE_DIR to a copy of a tiktoken cache that holds them (on a machine "
+                     f"online, TIKTOKEN_CACHE_DIR=DIR python -c \"import tiktoken; tiktoken.get_encoding('gpt2')\" fills DIR)")
 
 
 def tokenize(text):
@@ -54,7 +59,11 @@ else:
     except ImportError:
         raise SystemExit("the OpenWebText path needs the optional package datasets: pip install datasets\n"
                          "(or prepare a local text file with --input=FILE)")
-    dataset = load_dataset('openwebtext', num_proc=args.num_proc)
+    try:
+        dataset = load_dataset('openwebtext', num_proc=args.num_proc)
+    except OSError as e:  # ConnectionError included
+        raise SystemExit(f"could not download OpenWebText from the HuggingFace hub ({e}).\n"
+                         f"Offline? Prepare a local text file instead: --input=FILE")
     split = dataset['train'].train_test_split(test_size=0.0005, seed=2357, shuffle=True)  # as nanoGPT
     split['val'] = split.pop('test')
     tokenized = split.map(lambda ex: {'ids': tokenize(ex['text'])}, remove_columns=['text'],

@@ -1,6 +1,7 @@
 """
-Tiny Shakespeare with the GPT-2 BPE (tiktoken), as in nanoGPT. Uses input.txt beside this file, or
-downloads it. Writes train.bin and val.bin (uint16 token ids) and meta.pkl.
+Tiny Shakespeare with the GPT-2 BPE (tiktoken), as in nanoGPT. Uses input.txt beside this file, or the
+char-level one in ../shakespeare_char (the same file), or downloads it. Writes train.bin and val.bin
+(uint16 token ids) and meta.pkl.
 Expected output:
     train has 301,966 tokens
     val has 36,059 tokens
@@ -17,6 +18,8 @@ import tiktoken
 URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 here = os.path.dirname(os.path.abspath(__file__))
 input_path = os.path.join(here, 'input.txt')
+if not os.path.exists(input_path) and os.path.exists(os.path.join(here, '..', 'shakespeare_char', 'input.txt')):
+    input_path = os.path.join(here, '..', 'shakespeare_char', 'input.txt')
 if not os.path.exists(input_path):
     try:
         urllib.request.urlretrieve(URL, input_path + '.tmp')
@@ -27,7 +30,12 @@ if not os.path.exists(input_path):
 with open(input_path, encoding='utf-8') as f:
     data = f.read()
 
-enc = tiktoken.get_encoding('gpt2')  # offline: point TIKTOKEN_CACHE_DIR at a copy of tiktoken's cache
+try:
+    enc = tiktoken.get_encoding('gpt2')  # downloads GPT-2's BPE files into tiktoken's cache on first use
+except OSError as e:
+    raise SystemExit(f"tiktoken could not download GPT-2's BPE files ({type(e).__name__}).\n"
+                     f"Offline? Set TIKTOKEN_CACHE_DIR to a copy of a tiktoken cache that holds them (on a machine "
+                     f"online, TIKTOKEN_CACHE_DIR=DIR python -c \"import tiktoken; tiktoken.get_encoding('gpt2')\" fills DIR)")
 n = len(data)
 train_ids = np.array(enc.encode_ordinary(data[:int(n * 0.9)]), dtype=np.uint16)
 val_ids = np.array(enc.encode_ordinary(data[int(n * 0.9):]), dtype=np.uint16)
