@@ -118,14 +118,17 @@ def backspace_inputs(tokens, bkspc_id, n_prompt):
 
 def random_noise(tokens, bkspc_id, eos_id=None, generator=None):
     """For every position, a token drawn uniformly from the base vocabulary other than the true token
-    (a mistake must be wrong) and other than eos_id (which would end the episode)."""
-    noise = torch.randint(0, bkspc_id - 1, tokens.shape, generator=generator)
-    noise += (noise >= tokens).long()  # skip over the true token: uniform over the other bkspc_id - 1
-    if eos_id is not None:
-        while (redo := noise == eos_id).any():
-            noise[redo] = torch.randint(0, bkspc_id - 1, (int(redo.sum()),), generator=generator)
-            noise[redo] += (noise[redo] >= tokens[redo]).long()
-    return noise
+    (a mistake must be wrong) and other than eos_id (which would end the episode); -1 where no such token
+    exists (the vocabulary holds only the true token and eos_id), which add_noise reads as "no noise here"."""
+    eos = tokens if eos_id is None else torch.full_like(tokens, eos_id)  # (n,)
+    low, high = torch.minimum(tokens, eos), torch.maximum(tokens, eos)  # (n,) the ids to leave out
+    n_left = bkspc_id - 1 - (high != low).long()  # (n,) how many ids are left to draw from
+    # uniform over 0 .. n_left - 1 (float64: no id is measurably likelier), then skip over the left-out
+    # ids, the lower one first; no rejection loop, so it ends even when nothing is left to draw
+    noise = (torch.rand(tokens.shape, dtype=torch.float64, generator=generator) * n_left).long()  # (n,)
+    noise += (noise >= low).long()
+    noise += ((noise >= high) & (high != low)).long()
+    return noise.masked_fill(n_left <= 0, -1)
 
 
 def add_noise(tokens, p_noise, bkspc_id, n_prompt=1, eos_id=None, noise_fn=None, generator=None):

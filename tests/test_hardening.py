@@ -1,9 +1,12 @@
 """Issue 12: the vectorised backspace masking, and the defects a code review found in train.py and seqmatch.py."""
+import signal
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
 
-from seqmatch import backspace_inputs
+from seqmatch import add_noise, backspace_inputs, random_noise
 
 BK = 19  # <bkspc> in a vocabulary of 20: base tokens 0..18
 
@@ -78,3 +81,40 @@ def test_masking_errors_match_the_stack_loop():
         with pytest.raises(ValueError, match=r'^row 3: <bkspc> at position 4 would delete into the prompt '
                                              r'\(the first 2 tokens\) or leave the row empty$'):
             loop(tokens, BK, 2)
+
+
+@contextmanager
+def deadline(seconds):
+    """Fail instead of hanging: a SIGALRM interrupts the code under test after `seconds`."""
+    def give_up(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_random_noise_ends_when_eos_is_the_only_other_token():
+    # base vocabulary {0, 1}, <bkspc> = 2, eos = 0: a data token 1 has no mistake that is not eos
+    tokens = torch.tensor([1, 1, 0, 1])
+    with deadline(10):
+        noise = random_noise(tokens, bkspc_id=2, eos_id=0)
+        noisy, actions = add_noise(tokens, 1.0, bkspc_id=2, eos_id=0)
+    assert noise.tolist() == [-1, -1, 1, -1]  # only the eos token itself has a wrong token that is not eos
+    assert noisy.tolist() == [1, 1, 1, 2, 0, 1]  # so that is the only noise inserted (after the prompt)
+    assert actions.tolist() == [1, 1, 0, 2, 0, 1]
+
+
+def test_random_noise_is_uniform_over_the_other_tokens():
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.tensor([3, 0, 4, 2] * 5000)  # base vocabulary 0..4, eos = 2
+    noise = random_noise(tokens, bkspc_id=5, eos_id=2, generator=g)
+    for true in (3, 0, 4, 2):
+        drawn = noise[tokens == true]
+        allowed = sorted({0, 1, 3, 4} - {true})
+        counts = torch.bincount(drawn, minlength=5)
+        assert sorted(drawn.unique().tolist()) == allowed
+        assert (counts[allowed].float() / len(drawn) - 1 / len(allowed)).abs().max() < 0.03
