@@ -158,6 +158,22 @@ def add_noise(tokens, p_noise, bkspc_id, n_prompt=1, eos_id=None, noise_fn=None,
     actions[noise_at] = tokens[insert]  # the expert meant the data token; the environment wrote the noise
     return noisy, actions
 
+
+def noisy_rows(rows, p_noise, bkspc_id, eos_id=None, noise_fn=None, generator=None):
+    """rows: (B, n) data rows; the first token of each is the prompt. Returns tokens, actions and valid, all
+    (B, n): each row with noise added (add_noise) and cut back to n tokens, the expert's action into each
+    position, and valid[:, j] = the transition into position j is trained on."""
+    B, n = rows.shape
+    tokens, actions = zip(*[add_noise(row, p_noise, bkspc_id, 1, eos_id, noise_fn, generator) for row in rows])
+    tokens = torch.stack([t[:n] for t in tokens])  # (B, n): a noisy row is longer, keep its beginning
+    actions = torch.stack([a[:n] for a in actions])  # (B, n)
+    valid = torch.ones_like(tokens, dtype=torch.bool)  # (B, n)
+    valid[:, 0] = False  # no transition into the first token
+    # a noise token whose intended token was cut off (it ends the row, or only its <bkspc> follows) is
+    # dropped: its action would be a token that is not in the row
+    valid[:, -2:] &= tokens[:, -2:] == actions[:, -2:]
+    return tokens, actions, valid
+
 # -----------------------------------------------------------------------------
 # 4. Rollouts with <bkspc>
 #

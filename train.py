@@ -26,7 +26,7 @@ from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model import GPT, GPTConfig
-from seqmatch import add_noise, backspace_inputs, bc_loss, generate, seqmatch_loss
+from seqmatch import backspace_inputs, bc_loss, generate, noisy_rows, seqmatch_loss
 from tokenizer import Tokenizer, load_meta
 
 # -----------------------------------------------------------------------------
@@ -184,16 +184,7 @@ def clean_batch(split):
 def noisy_data_batch():
     """batch_size noise-augmented data trajectories of block_size tokens; the first token is the prompt.
     Returns tokens, actions (the expert's action into each position, see add_noise), valid (B, n) on the CPU."""
-    rows = data_rows('train', batch_size, block_size)
-    tokens, actions = zip(*[add_noise(row, p_noise, bkspc_id, n_prompt=1, eos_id=eos_id, noise_fn=noise_fn)
-                            for row in rows])
-    tokens = torch.stack([t[:block_size] for t in tokens])  # a noisy row is longer: keep its beginning
-    actions = torch.stack([a[:block_size] for a in actions])
-    valid = torch.ones_like(tokens, dtype=torch.bool)
-    valid[:, 0] = False  # no transition into the first token
-    # a noise token whose intended token was cut off (it ends the row, or only its <bkspc> follows) is dropped
-    valid[:, -2:] &= tokens[:, -2:] == actions[:, -2:]
-    return tokens, actions, valid
+    return noisy_rows(data_rows('train', batch_size, block_size), p_noise, bkspc_id, eos_id, noise_fn)
 
 
 # model init

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from seqmatch import add_noise, backspace_inputs, random_noise
+from seqmatch import add_noise, backspace_inputs, noisy_rows, random_noise
 
 BK = 19  # <bkspc> in a vocabulary of 20: base tokens 0..18
 
@@ -118,3 +118,16 @@ def test_random_noise_is_uniform_over_the_other_tokens():
         counts = torch.bincount(drawn, minlength=5)
         assert sorted(drawn.unique().tolist()) == allowed
         assert (counts[allowed].float() / len(drawn) - 1 / len(allowed)).abs().max() < 0.03
+
+
+def test_noisy_rows_cut_on_a_noise_token_drop_its_transition():
+    every_time = lambda t: t * 0 + 9  # noise token 9 before every data token after the prompt; <bkspc> = 10
+    rows = torch.tensor([[5, 6, 7, 8, 4]])  # noisy: 5 9 <bkspc> 6 9 <bkspc> 7 9 <bkspc> 8 9 <bkspc> 4
+    tokens, actions, valid = noisy_rows(rows, 1.0, bkspc_id=10, noise_fn=every_time)  # cut to 5: ends on a 9
+    assert tokens.tolist() == [[5, 9, 10, 6, 9]] and actions.tolist() == [[5, 6, 10, 6, 7]]
+    assert valid.tolist() == [[False, True, True, True, False]]  # 7, the action into the last 9, is cut off
+    tokens, actions, valid = noisy_rows(torch.tensor([[5, 6, 7, 8, 4, 3]]), 1.0, bkspc_id=10, noise_fn=every_time)
+    assert tokens.tolist() == [[5, 9, 10, 6, 9, 10]]  # cut to 6: the 9's <bkspc> follows, its 7 does not
+    assert valid.tolist() == [[False, True, True, True, False, True]]
+    tokens, actions, valid = noisy_rows(torch.tensor([[5, 6, 7, 8]]), 1.0, bkspc_id=10, noise_fn=every_time)
+    assert tokens.tolist() == [[5, 9, 10, 6]] and valid.tolist() == [[False, True, True, True]]  # cut on data
