@@ -371,7 +371,10 @@ while True:
     if (iter_num % eval_interval == 0 or iter_num == max_iters or eval_only) and not resumed_here:
         losses = estimate_loss()
         print_once(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        if not all(map(math.isfinite, losses.values())):
+        finite = torch.tensor(float(all(map(math.isfinite, losses.values()))), device=device)
+        if ddp:  # every process stops together, or the others would wait for it forever in the next collective
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not finite.item():
             raise SystemExit(f"stopping: the evaluation loss is not finite at iteration {iter_num}; "
                              f"{ckpt_path} still holds the last good checkpoint")
         best_val_loss = min(best_val_loss, losses['val'])
