@@ -384,7 +384,9 @@ while True:
         break
 
     use_sm = objective == 'seqmatch' and iter_num >= bc_warmup_iters
-    if use_sm and (iter_num - bc_warmup_iters) % sample_interval == 0:
+    # refresh on schedule, and whenever the buffer is empty: a run resumed off a refresh boundary (after
+    # bc_warmup_iters was changed, say) has nothing to draw rollouts from
+    if use_sm and ((iter_num - bc_warmup_iters) % sample_interval == 0 or len(replay['tokens']) == 0):
         t_sample = time.time()
         bkspc_rate = refresh_rollouts()
         rollout_time += time.time() - t_sample

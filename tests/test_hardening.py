@@ -12,7 +12,7 @@ import torch
 
 from conftest import ROOT
 from seqmatch import add_noise, backspace_inputs, noisy_rows, random_noise
-from test_train import TINY, shakespeare_char  # noqa: F401 (a fixture)
+from test_train import TINY, run, shakespeare_char  # noqa: F401 (a fixture)
 
 BK = 19  # <bkspc> in a vocabulary of 20: base tokens 0..18
 
@@ -179,3 +179,14 @@ def test_ddp_non_finite_evaluation_on_one_process_stops_both(shakespeare_char, t
     for p, (out, err) in zip(procs, results):
         assert p.returncode != 0
         assert 'the evaluation loss is not finite at iteration 0' in err, err
+
+
+def test_resume_into_sequencematch_off_a_refresh_boundary(shakespeare_char, tmp_path):
+    out = str(tmp_path)
+    run('train.py', 'config/shakespeare_seqmatch.py', f'--out_dir={out}', '--max_iters=4', '--eval_interval=4',
+        '--bc_warmup_iters=100', *TINY)  # stopped in the bc warm-up: the checkpoint's replay buffer is empty
+    assert len(torch.load(os.path.join(out, 'ckpt.pt'), weights_only=False)['processes'][0]['replay']['tokens']) == 0
+    # SequenceMatch from iteration 1 now, refreshing at 1, 6, 11, ...: iteration 4 is no refresh
+    result = run('train.py', 'config/shakespeare_seqmatch.py', f'--out_dir={out}', '--max_iters=6', '--eval_interval=4',
+                 '--init_from=resume', '--bc_warmup_iters=1', *TINY, '--sample_interval=5')
+    assert 'iter 5:' in result.stdout and 'bkspc rate' in result.stdout
