@@ -16,6 +16,8 @@ objective = 'seqmatch': bc alone for bc_warmup_iters, then sm_weight * L_SM + (1
 
 import math
 import os
+import queue
+import threading
 import time
 from contextlib import nullcontext
 
@@ -143,10 +145,10 @@ def windows(split, starts, length):
     return torch.stack([torch.from_numpy(data[i:i + length].astype(np.int64)) for i in starts])
 
 
-def data_rows(split, n_rows, length):
+def data_rows(split, n_rows, length, generator=None):
     """(n_rows, length) windows at random offsets of the split."""
     n_tokens = os.path.getsize(os.path.join(data_dir, f'{split}.bin')) // 2  # uint16
-    return windows(split, torch.randint(n_tokens - length, (n_rows,)), length)
+    return windows(split, torch.randint(n_tokens - length, (n_rows,), generator=generator), length)
 
 
 def rollout_prompts(n_rows):
@@ -181,10 +183,48 @@ def clean_batch(split):
     return to_device(rows[:, :-1], rows[:, 1:])
 
 
-def noisy_data_batch():
-    """batch_size noise-augmented data trajectories of block_size tokens; the first token is the prompt.
-    Returns tokens, actions (the expert's action into each position, see add_noise), valid (B, n) on the CPU."""
-    return noisy_rows(data_rows('train', batch_size, block_size), p_noise, bkspc_id, eos_id, noise_fn)
+def train_batch(generator):
+    """The data rows of one training micro-batch, as CPU tensors: x, y for mle; otherwise the noise-augmented
+    rows (tokens, actions, valid, see noisy_rows; the first token is the prompt) and their backspace-masked
+    inputs (input_ids, position_ids, attn_mask)."""
+    if objective == 'mle':
+        rows = data_rows('train', batch_size, block_size + 1, generator)
+        return [rows[:, :-1], rows[:, 1:]]
+    rows = data_rows('train', batch_size, block_size, generator)
+    tokens, actions, valid = noisy_rows(rows, p_noise, bkspc_id, eos_id, noise_fn, generator)
+    return [tokens, actions, valid, *backspace_inputs(tokens, bkspc_id, 1)]
+
+
+# Training batches are built in a background thread while the model computes on the previous one, so the
+# noise, the masking and the pinning stay off the critical path (nanoGPT overlaps only its copy). The thread
+# draws from a generator of its own; the global one (rollouts, the replay draw, dropout, evaluation
+# batches) stays on the main thread, drawn in the same order whatever the thread does. Each batch comes
+# with the state of the thread's generator after it was built, and a checkpoint saves that state for the
+# last batch used: a resumed run rebuilds exactly the batches that were prefetched but never used.
+batch_rng = torch.Generator().manual_seed(seed + ddp_rank + 1_000_000)  # not a copy of the global stream
+
+
+def prefetch(batches, n_batches):
+    """Thread body: put (batch, batch_rng's state after it) into the queue, n_batches times."""
+    for _ in range(n_batches):
+        try:
+            batch = train_batch(batch_rng)
+        except Exception as e:  # raised again in the main thread, which would otherwise wait forever
+            batches.put(e)
+            return
+        if device_type == 'cuda':  # pinned memory lets the copy to the GPU overlap with compute
+            batch = [t.pin_memory() for t in batch]
+        batches.put((batch, batch_rng.get_state()))
+
+
+def next_batch():
+    """The next prefetched training batch: a list of CPU tensors (see train_batch)."""
+    global batch_rng_state
+    item = batches.get()
+    if isinstance(item, Exception):
+        raise item
+    batch, batch_rng_state = item
+    return batch
 
 
 # model init
@@ -243,6 +283,7 @@ if checkpoint is not None:
     if len(checkpoint['processes']) == ddp_world_size:  # each process's batches continue as if never stopped
         state = checkpoint['processes'][ddp_rank]
         torch.set_rng_state(state['rng'])
+        batch_rng.set_state(state['batch_rng'])
         if state['cuda_rng'] is not None and device_type == 'cuda':
             torch.cuda.set_rng_state(state['cuda_rng'])
     else:
@@ -295,25 +336,21 @@ def refresh_rollouts():
 def compute_loss(use_sm):
     """The loss of one micro-batch and a dict of stats for the log."""
     if objective == 'mle':
-        x, y = clean_batch('train')
+        x, y = to_device(*next_batch())
         with ctx:
             logits, _ = model(x)
         return F.cross_entropy(logits[..., :n_actions].flatten(0, 1).float(), y.flatten()), {}
-    tokens, actions, valid = noisy_data_batch()
-    n_prompt = [1] * batch_size
-    is_data = torch.ones(batch_size, dtype=torch.bool)
+    batch = to_device(*next_batch())  # the data rows, built in the background
     if use_sm:  # add rollouts from the replay buffer: one forward pass for data and model rows
         pick = torch.randint(len(replay['tokens']), (model_batch_size,))
-        tokens = torch.cat([tokens, replay['tokens'][pick]])
-        actions = torch.cat([actions, replay['tokens'][pick]])  # a rollout's actions are its tokens
-        valid = torch.cat([valid, replay['valid'][pick]])
-        n_prompt += [prompt_len] * model_batch_size
-        is_data = torch.cat([is_data, torch.zeros(model_batch_size, dtype=torch.bool)])
+        tokens, valid = replay['tokens'][pick], replay['valid'][pick]  # (model_batch_size, block_size)
+        # a rollout's actions are its tokens; its rows are few, so they are masked here, on the critical path
+        rollouts = to_device(tokens, tokens, valid, *backspace_inputs(tokens, bkspc_id, prompt_len))
+        batch = [torch.cat(pair) for pair in zip(batch, rollouts)]  # (B, ...): data rows first
+    tokens, actions, valid, input_ids, position_ids, attn_mask = batch
+    is_data = torch.arange(len(tokens), device=device) < batch_size  # (B,)
     expert = valid & is_data[:, None]  # every data transition is the expert's (seqmatch.py, section 3)
     done = valid & (tokens == eos_id) if eos_id is not None else torch.zeros_like(valid)
-    input_ids, position_ids, attn_mask = backspace_inputs(tokens, bkspc_id, n_prompt)
-    actions, valid, expert, done, is_data, input_ids, position_ids, attn_mask = to_device(
-        actions, valid, expert, done, is_data, input_ids, position_ids, attn_mask)
     with ctx:
         logits, _ = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
     logits = logits[..., :n_actions]  # (B, n, A): the policy's logits
@@ -338,7 +375,7 @@ def get_lr(it):
 def save_checkpoint():
     """Written to a temporary file, then renamed: an interrupted save never leaves a broken ckpt.pt."""
     # what each process needs to continue exactly: its random streams and its replay buffer
-    state = {'rng': torch.get_rng_state(), 'replay': replay,
+    state = {'rng': torch.get_rng_state(), 'batch_rng': batch_rng_state, 'replay': replay,
              'cuda_rng': torch.cuda.get_rng_state() if device_type == 'cuda' else None}
     processes = [state]
     if ddp:
@@ -358,6 +395,11 @@ def save_checkpoint():
 
 
 # training loop
+batch_rng_state = batch_rng.get_state()  # as of the last batch used: what a checkpoint saves
+batches = queue.Queue(maxsize=2)
+if not eval_only:  # exactly the micro-batches this run will use, so the thread ends with the loop
+    n_batches = max(max_iters - iter_num, 0) * gradient_accumulation_steps
+    threading.Thread(target=prefetch, args=(batches, n_batches), daemon=True).start()
 t0 = time.time()
 local_iter_num = 0  # iterations in this process's lifetime
 rollout_time = 0.0  # seconds spent sampling since the last log
