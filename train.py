@@ -130,11 +130,20 @@ data_dir = os.path.join('data', dataset)
 meta = load_meta(data_dir)
 bkspc_id, eos_id = meta['bkspc_id'], meta['eos_id']
 n_actions = bkspc_id + 1  # base vocabulary + <bkspc>; logits above are embedding padding
+
+# Training batches are built in a background thread while the model computes on the previous one, so the
+# noise, the masking and the pinning stay off the critical path (nanoGPT overlaps only its copy). The thread
+# draws from a generator of its own; the global one (rollouts, the replay draw, dropout, evaluation
+# batches) stays on the main thread, drawn in the same order whatever the thread does. Each batch comes
+# with the state of the thread's generator after it was built, and a checkpoint saves that state for the
+# last batch used: a resumed run rebuilds exactly the batches that were prefetched but never used.
+batch_rng = torch.Generator().manual_seed(seed + ddp_rank + 1_000_000)  # not a copy of the global stream
+
 noise_fn = None
 if noise == 'ground_truth':
     assert meta.get('task') == 'arithmetic', "noise='ground_truth' exists for the arithmetic task only"
     from data.arithmetic.noise import wrong_digit_noise  # the one dataset with noise of its own
-    noise_fn = wrong_digit_noise(meta)
+    noise_fn = wrong_digit_noise(meta, batch_rng)  # it runs in the batch thread, off the global generator
 print_once = print if master_process else (lambda *a, **k: None)
 
 
@@ -193,15 +202,6 @@ def train_batch(generator):
     rows = data_rows('train', batch_size, block_size, generator)
     tokens, actions, valid = noisy_rows(rows, p_noise, bkspc_id, eos_id, noise_fn, generator)
     return [tokens, actions, valid, *backspace_inputs(tokens, bkspc_id, 1)]
-
-
-# Training batches are built in a background thread while the model computes on the previous one, so the
-# noise, the masking and the pinning stay off the critical path (nanoGPT overlaps only its copy). The thread
-# draws from a generator of its own; the global one (rollouts, the replay draw, dropout, evaluation
-# batches) stays on the main thread, drawn in the same order whatever the thread does. Each batch comes
-# with the state of the thread's generator after it was built, and a checkpoint saves that state for the
-# last batch used: a resumed run rebuilds exactly the batches that were prefetched but never used.
-batch_rng = torch.Generator().manual_seed(seed + ddp_rank + 1_000_000)  # not a copy of the global stream
 
 
 def prefetch(batches, n_batches):

@@ -1,5 +1,6 @@
 """Issue 12: the vectorised backspace masking, and the defects a code review found in train.py and seqmatch.py."""
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -216,3 +217,16 @@ def test_resume_from_a_checkpoint_written_while_batches_were_prefetched(shakespe
     assert b['iter_num'] == 20
     for name in a['model']:
         assert torch.equal(a['model'][name], b['model'][name]), f"{name} differs after resuming"
+
+
+def test_ground_truth_noise_draws_from_the_batch_generator(tmp_path):
+    """train.py's batch thread passes its own generator: the noise must leave the global one alone, which
+    the main thread uses at the same time (replay draws, dropout, rollouts)."""
+    from data.arithmetic.noise import wrong_digit_noise
+    run('data/arithmetic/prepare.py', f'--out_dir={tmp_path}', '--n_train=50', '--n_val=5', '--n_test=5')
+    meta = pickle.loads((tmp_path / 'meta.pkl').read_bytes())
+    data = torch.from_numpy(np.fromfile(tmp_path / 'train.bin', dtype=np.uint16).astype(np.int64))
+    global_state = torch.get_rng_state()
+    noise = [wrong_digit_noise(meta, torch.Generator().manual_seed(7))(data) for _ in range(2)]
+    assert (noise[0] >= 0).sum() > 20 and torch.equal(noise[0], noise[1])  # a function of the generator alone
+    assert torch.equal(torch.get_rng_state(), global_state)
