@@ -163,7 +163,7 @@ def noisy_rows(rows, p_noise, bkspc_id, eos_id=None, noise_fn=None, generator=No
     """rows: (B, n) data rows; the first token of each is the prompt. Returns tokens, actions and valid, all
     (B, n): each row with noise added (add_noise) and cut back to n tokens, the expert's action into each
     position, and valid[:, j] = the transition into position j is trained on."""
-    B, n = rows.shape
+    n = rows.size(1)
     tokens, actions = zip(*[add_noise(row, p_noise, bkspc_id, 1, eos_id, noise_fn, generator) for row in rows])
     tokens = torch.stack([t[:n] for t in tokens])  # (B, n): a noisy row is longer, keep its beginning
     actions = torch.stack([a[:n] for a in actions])  # (B, n)

@@ -169,7 +169,8 @@ def test_ddp_non_finite_evaluation_on_one_process_stops_both(shakespeare_char, t
     for rank in (0, 1):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', MASTER_ADDR='127.0.0.1',
                    MASTER_PORT=str(port), OMP_NUM_THREADS='1')
-        procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
     try:
         results = [p.communicate(timeout=120) for p in procs]
     except subprocess.TimeoutExpired:
