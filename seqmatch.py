@@ -59,6 +59,9 @@ def apply_backspaces(tokens, bkspc_id, n_prompt=0):
 # copy of the token now on top (same id, same position id), replacing that entry on the stack. Every
 # position attends to exactly the stack after it is processed. The copy sees what the original saw,
 # so it computes the same activations and its logits are the policy at the restored state.
+# backspace_inputs computes the stack for all rows and positions at once (the stack size is a running
+# sum of +1 per token and -1 per <bkspc>); tests/test_hardening.py keeps the loop over positions as the
+# reference it must equal.
 
 
 def backspace_inputs(tokens, bkspc_id, n_prompt):
@@ -86,30 +89,46 @@ def backspace_inputs(tokens, bkspc_id, n_prompt):
     Returns input_ids (B, n), position_ids (B, n) and attn_mask (B, n, n) (bool, True = may attend)
     for GPT.forward. Raises ValueError if a <bkspc> would delete into the prompt or empty the row."""
     B, n = tokens.shape
-    n_prompt = [n_prompt] * B if isinstance(n_prompt, int) else [int(p) for p in n_prompt]
-    input_ids = np.zeros((B, n), dtype=np.int64)
-    position_ids = np.zeros((B, n), dtype=np.int64)
-    attn_mask = np.zeros((B, n, n), dtype=bool)
-    for b, row in enumerate(tokens.tolist()):
-        stack = []  # input positions that make up the current state
-        for j, tok in enumerate(row):
-            if j > 0:
-                attn_mask[b, j] = attn_mask[b, j - 1]  # start from the previous state's positions
-            if tok == bkspc_id:
-                if len(stack) <= max(n_prompt[b], 1):
-                    raise ValueError(f"row {b}: <bkspc> at position {j} would delete into the prompt "
-                                     f"(the first {n_prompt[b]} tokens) or leave the row empty")
-                deleted = stack.pop()
-                top = stack[-1]
-                input_ids[b, j] = input_ids[b, top]  # the copy: same id ...
-                position_ids[b, j] = position_ids[b, top]  # ... same position id
-                attn_mask[b, j, [deleted, top]] = False
-                stack[-1] = j
-            else:
-                input_ids[b, j] = tok
-                position_ids[b, j] = len(stack)
-                stack.append(j)
-            attn_mask[b, j, j] = True
+    assert n <= 2 ** 15, "positions are compared as uint16 below"
+    n_prompt = np.array([n_prompt] * B if isinstance(n_prompt, int) else [int(p) for p in n_prompt])  # (B,)
+    tokens_np = tokens.cpu().numpy()
+    is_bkspc = tokens_np == bkspc_id  # (B, n)
+    depth = np.cumsum(np.where(is_bkspc, -1, 1), axis=1)  # (B, n): the size of the stack after position j
+    # a <bkspc> needs more than max(n_prompt, 1) entries on the stack before it, i.e. depth + 1
+    bad = is_bkspc & (depth + 1 <= np.maximum(n_prompt, 1)[:, None])  # (B, n)
+    if bad.any():
+        b = int(bad.any(axis=1).argmax())  # the first bad row, and its first bad position
+        j = int(bad[b].argmax())
+        raise ValueError(f"row {b}: <bkspc> at position {j} would delete into the prompt "
+                         f"(the first {n_prompt[b]} tokens) or leave the row empty")
+    # Position j sits in slot depth[j] - 1 of the stack: pushed there, or there as the copy of that slot's top.
+    position_ids = depth - 1  # (B, n): a slot's position id is its index, copies included
+    # The entries of one slot in time order: sort the positions by depth (stable keeps time order). The
+    # depth moves by one per position, so it only comes back down to a slot by a <bkspc>, whose copy
+    # replaces the slot's entry: consecutive entries of a slot are an entry and the copy that replaced it.
+    order = np.argsort(depth, axis=1, kind='stable')  # (B, n): positions grouped by slot, in time order
+    depth_sorted = np.take_along_axis(depth, order, 1)  # (B, n)
+    replaced_at = np.full((B, n), n)  # (B, n): the copy that replaces position i, n if none does
+    np.put_along_axis(replaced_at, order[:, :-1],
+                      np.where(depth_sorted[:, 1:] == depth_sorted[:, :-1], order[:, 1:], n), axis=1)
+    pos = np.arange(n)
+    popped_next = np.zeros((B, n), dtype=bool)  # a <bkspc> right after i pops i itself
+    popped_next[:, :-1] = is_bkspc[:, 1:]
+    removed_at = np.where(popped_next, pos + 1, replaced_at)  # (B, n): the first j at which i is off the stack
+    # A copy repeats its slot's previous entry, which may be a copy too: the token is that of the slot's
+    # latest ordinary entry (a slot's first entry is always a push: the depth first gets there from below)
+    ordinary_sorted = ~np.take_along_axis(is_bkspc, order, 1)  # (B, n)
+    latest = np.maximum.accumulate(np.where(ordinary_sorted, pos, 0), axis=1)  # (B, n), indices into order
+    source = np.empty_like(order)  # (B, n): the ordinary position whose token position j carries
+    np.put_along_axis(source, order, np.take_along_axis(order, latest, 1), axis=1)
+    input_ids = np.take_along_axis(tokens_np, source, 1)  # (B, n)
+    # Position i is on the stack after j iff i <= j < removed_at[i], i.e. 0 <= j - i < removed_at[i] - i. In
+    # uint16, j - i wraps around to >= 2**15 where j < i, so one comparison tests both. This (B, n, n)
+    # comparison is most of the cost; small unsigned ints make it several times faster than int64.
+    pos16 = pos.astype(np.uint16)
+    age = np.subtract.outer(pos16, pos16)  # (n, n): j - i, wrapped where j < i
+    lifetime = (removed_at - pos).astype(np.uint16)  # (B, n): how many rows see position i
+    attn_mask = age < lifetime[:, None, :]  # (B, n, n)
     device = tokens.device
     return (torch.from_numpy(input_ids).to(device), torch.from_numpy(position_ids).to(device),
             torch.from_numpy(attn_mask).to(device))
@@ -128,14 +147,17 @@ def backspace_inputs(tokens, bkspc_id, n_prompt):
 
 def random_noise(tokens, bkspc_id, eos_id=None, generator=None):
     """For every position, a token drawn uniformly from the base vocabulary other than the true token
-    (a mistake must be wrong) and other than eos_id (which would end the episode)."""
-    noise = torch.randint(0, bkspc_id - 1, tokens.shape, generator=generator)
-    noise += (noise >= tokens).long()  # skip over the true token: uniform over the other bkspc_id - 1
-    if eos_id is not None:
-        while (redo := noise == eos_id).any():
-            noise[redo] = torch.randint(0, bkspc_id - 1, (int(redo.sum()),), generator=generator)
-            noise[redo] += (noise[redo] >= tokens[redo]).long()
-    return noise
+    (a mistake must be wrong) and other than eos_id (which would end the episode); -1 where no such token
+    exists (the vocabulary holds only the true token and eos_id), which add_noise reads as "no noise here"."""
+    eos = tokens if eos_id is None else torch.full_like(tokens, eos_id)  # (n,)
+    low, high = torch.minimum(tokens, eos), torch.maximum(tokens, eos)  # (n,) the ids to leave out
+    n_left = bkspc_id - 1 - (high != low).long()  # (n,) how many ids are left to draw from
+    # uniform over 0 .. n_left - 1 (float64: no id is measurably likelier), then skip over the left-out
+    # ids, the lower one first; no rejection loop, so it ends even when nothing is left to draw
+    noise = (torch.rand(tokens.shape, dtype=torch.float64, generator=generator) * n_left).long()  # (n,)
+    noise += (noise >= low).long()
+    noise += ((noise >= high) & (high != low)).long()
+    return noise.masked_fill(n_left <= 0, -1)
 
 
 def add_noise(tokens, p_noise, bkspc_id, n_prompt=1, eos_id=None, noise_fn=None, generator=None):
@@ -164,6 +186,22 @@ def add_noise(tokens, p_noise, bkspc_id, n_prompt=1, eos_id=None, noise_fn=None,
     actions = noisy.clone()
     actions[noise_at] = tokens[insert]  # the expert meant the data token; the environment wrote the noise
     return noisy, actions
+
+
+def noisy_rows(rows, p_noise, bkspc_id, eos_id=None, noise_fn=None, generator=None):
+    """rows: (B, n) data rows; the first token of each is the prompt. Returns tokens, actions and valid, all
+    (B, n): each row with noise added (add_noise) and cut back to n tokens, the expert's action into each
+    position, and valid[:, j] = the transition into position j is trained on."""
+    n = rows.size(1)
+    tokens, actions = zip(*[add_noise(row, p_noise, bkspc_id, 1, eos_id, noise_fn, generator) for row in rows])
+    tokens = torch.stack([t[:n] for t in tokens])  # (B, n): a noisy row is longer, keep its beginning
+    actions = torch.stack([a[:n] for a in actions])  # (B, n)
+    valid = torch.ones_like(tokens, dtype=torch.bool)  # (B, n)
+    valid[:, 0] = False  # no transition into the first token
+    # a noise token whose intended token was cut off (it ends the row, or only its <bkspc> follows) is
+    # dropped: its action would be a token that is not in the row
+    valid[:, -2:] &= tokens[:, -2:] == actions[:, -2:]
+    return tokens, actions, valid
 
 # -----------------------------------------------------------------------------
 # 4. Rollouts with <bkspc>

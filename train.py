@@ -17,6 +17,8 @@ objective = 'seqmatch': bc alone for bc_warmup_iters, then sm_weight * L_SM + (1
 import json
 import math
 import os
+import queue
+import threading
 import time
 from contextlib import nullcontext
 
@@ -27,7 +29,7 @@ from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model import GPT, GPTConfig
-from seqmatch import add_noise, backspace_inputs, bc_loss, generate, seqmatch_loss
+from seqmatch import backspace_inputs, bc_loss, generate, noisy_rows, seqmatch_loss
 from tokenizer import Tokenizer, load_meta
 
 # -----------------------------------------------------------------------------
@@ -134,11 +136,20 @@ data_dir = os.path.join('data', dataset)
 meta = load_meta(data_dir)
 bkspc_id, eos_id = meta['bkspc_id'], meta['eos_id']
 n_actions = bkspc_id + 1  # base vocabulary + <bkspc>; logits above are embedding padding
+
+# Training batches are built in a background thread while the model computes on the previous one, so the
+# noise, the masking and the pinning stay off the critical path (nanoGPT overlaps only its copy). The thread
+# draws from a generator of its own; the global one (rollouts, the replay draw, dropout, evaluation
+# batches) stays on the main thread, drawn in the same order whatever the thread does. Each batch comes
+# with the state of the thread's generator after it was built, and a checkpoint saves that state for the
+# last batch used: a resumed run rebuilds exactly the batches that were prefetched but never used.
+batch_rng = torch.Generator().manual_seed(seed + ddp_rank + 1_000_000)  # not a copy of the global stream
+
 noise_fn = None
 if noise == 'ground_truth':
     assert meta.get('task') == 'arithmetic', "noise='ground_truth' exists for the arithmetic task only"
     from data.arithmetic.noise import wrong_digit_noise  # the one dataset with noise of its own
-    noise_fn = wrong_digit_noise(meta)
+    noise_fn = wrong_digit_noise(meta, batch_rng)  # it runs in the batch thread, off the global generator
 print_once = print if master_process else (lambda *a, **k: None)
 
 
@@ -149,10 +160,10 @@ def windows(split, starts, length):
     return torch.stack([torch.from_numpy(data[i:i + length].astype(np.int64)) for i in starts])
 
 
-def data_rows(split, n_rows, length):
+def data_rows(split, n_rows, length, generator=None):
     """(n_rows, length) windows at random offsets of the split."""
     n_tokens = os.path.getsize(os.path.join(data_dir, f'{split}.bin')) // 2  # uint16
-    return windows(split, torch.randint(n_tokens - length, (n_rows,)), length)
+    return windows(split, torch.randint(n_tokens - length, (n_rows,), generator=generator), length)
 
 
 def rollout_prompts(n_rows):
@@ -187,19 +198,39 @@ def clean_batch(split):
     return to_device(rows[:, :-1], rows[:, 1:])
 
 
-def noisy_data_batch():
-    """batch_size noise-augmented data trajectories of block_size tokens; the first token is the prompt.
-    Returns tokens, actions (the expert's action into each position, see add_noise), valid (B, n) on the CPU."""
-    rows = data_rows('train', batch_size, block_size)
-    tokens, actions = zip(*[add_noise(row, p_noise, bkspc_id, n_prompt=1, eos_id=eos_id, noise_fn=noise_fn)
-                            for row in rows])
-    tokens = torch.stack([t[:block_size] for t in tokens])  # a noisy row is longer: keep its beginning
-    actions = torch.stack([a[:block_size] for a in actions])
-    valid = torch.ones_like(tokens, dtype=torch.bool)
-    valid[:, 0] = False  # no transition into the first token
-    # a noise token whose intended token was cut off (it ends the row, or only its <bkspc> follows) is dropped
-    valid[:, -2:] &= tokens[:, -2:] == actions[:, -2:]
-    return tokens, actions, valid
+def train_batch(generator):
+    """The data rows of one training micro-batch, as CPU tensors: x, y for mle; otherwise the noise-augmented
+    rows (tokens, actions, valid, see noisy_rows; the first token is the prompt) and their backspace-masked
+    inputs (input_ids, position_ids, attn_mask)."""
+    if objective == 'mle':
+        rows = data_rows('train', batch_size, block_size + 1, generator)
+        return [rows[:, :-1], rows[:, 1:]]
+    rows = data_rows('train', batch_size, block_size, generator)
+    tokens, actions, valid = noisy_rows(rows, p_noise, bkspc_id, eos_id, noise_fn, generator)
+    return [tokens, actions, valid, *backspace_inputs(tokens, bkspc_id, 1)]
+
+
+def prefetch(batches, n_batches):
+    """Thread body: put (batch, batch_rng's state after it) into the queue, n_batches times."""
+    for _ in range(n_batches):
+        try:
+            batch = train_batch(batch_rng)
+        except Exception as e:  # raised again in the main thread, which would otherwise wait forever
+            batches.put(e)
+            return
+        if device_type == 'cuda':  # pinned memory lets the copy to the GPU overlap with compute
+            batch = [t.pin_memory() for t in batch]
+        batches.put((batch, batch_rng.get_state()))
+
+
+def next_batch():
+    """The next prefetched training batch: a list of CPU tensors (see train_batch)."""
+    global batch_rng_state
+    item = batches.get()
+    if isinstance(item, Exception):
+        raise item
+    batch, batch_rng_state = item
+    return batch
 
 
 # model init
@@ -258,6 +289,7 @@ if checkpoint is not None:
     if len(checkpoint['processes']) == ddp_world_size:  # each process's batches continue as if never stopped
         state = checkpoint['processes'][ddp_rank]
         torch.set_rng_state(state['rng'])
+        batch_rng.set_state(state['batch_rng'])
         if state['cuda_rng'] is not None and device_type == 'cuda':
             torch.cuda.set_rng_state(state['cuda_rng'])
     else:
@@ -310,25 +342,21 @@ def refresh_rollouts():
 def compute_loss(use_sm):
     """The loss of one micro-batch and a dict of stats for the log."""
     if objective == 'mle':
-        x, y = clean_batch('train')
+        x, y = to_device(*next_batch())
         with ctx:
             logits, _ = model(x)
         return F.cross_entropy(logits[..., :n_actions].flatten(0, 1).float(), y.flatten()), {}
-    tokens, actions, valid = noisy_data_batch()
-    n_prompt = [1] * batch_size
-    is_data = torch.ones(batch_size, dtype=torch.bool)
+    batch = to_device(*next_batch())  # the data rows, built in the background
     if use_sm:  # add rollouts from the replay buffer: one forward pass for data and model rows
         pick = torch.randint(len(replay['tokens']), (model_batch_size,))
-        tokens = torch.cat([tokens, replay['tokens'][pick]])
-        actions = torch.cat([actions, replay['tokens'][pick]])  # a rollout's actions are its tokens
-        valid = torch.cat([valid, replay['valid'][pick]])
-        n_prompt += [prompt_len] * model_batch_size
-        is_data = torch.cat([is_data, torch.zeros(model_batch_size, dtype=torch.bool)])
+        tokens, valid = replay['tokens'][pick], replay['valid'][pick]  # (model_batch_size, block_size)
+        # a rollout's actions are its tokens; its rows are few, so they are masked here, on the critical path
+        rollouts = to_device(tokens, tokens, valid, *backspace_inputs(tokens, bkspc_id, prompt_len))
+        batch = [torch.cat(pair) for pair in zip(batch, rollouts)]  # (B, ...): data rows first
+    tokens, actions, valid, input_ids, position_ids, attn_mask = batch
+    is_data = torch.arange(len(tokens), device=device) < batch_size  # (B,)
     expert = valid & is_data[:, None]  # every data transition is the expert's (seqmatch.py, section 3)
     done = valid & (tokens == eos_id) if eos_id is not None else torch.zeros_like(valid)
-    input_ids, position_ids, attn_mask = backspace_inputs(tokens, bkspc_id, n_prompt)
-    actions, valid, expert, done, is_data, input_ids, position_ids, attn_mask = to_device(
-        actions, valid, expert, done, is_data, input_ids, position_ids, attn_mask)
     with ctx:
         logits, _ = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
     logits = logits[..., :n_actions]  # (B, n, A): the policy's logits
@@ -353,7 +381,7 @@ def get_lr(it):
 def save_checkpoint():
     """Written to a temporary file, then renamed: an interrupted save never leaves a broken ckpt.pt."""
     # what each process needs to continue exactly: its random streams and its replay buffer
-    state = {'rng': torch.get_rng_state(), 'replay': replay,
+    state = {'rng': torch.get_rng_state(), 'batch_rng': batch_rng_state, 'replay': replay,
              'cuda_rng': torch.cuda.get_rng_state() if device_type == 'cuda' else None}
     processes = [state]
     if ddp:
@@ -392,6 +420,11 @@ def log_row(row):
 
 
 # training loop
+batch_rng_state = batch_rng.get_state()  # as of the last batch used: what a checkpoint saves
+batches = queue.Queue(maxsize=2)
+if not eval_only:  # exactly the micro-batches this run will use, so the thread ends with the loop
+    n_batches = max(max_iters - iter_num, 0) * gradient_accumulation_steps
+    threading.Thread(target=prefetch, args=(batches, n_batches), daemon=True).start()
 t0 = t_start = time.time()
 local_iter_num = 0  # iterations in this process's lifetime
 rollout_time = 0.0  # seconds spent sampling since the last log
@@ -407,7 +440,10 @@ while True:
         print_once(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         if master_process:
             log_row({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val']})
-        if not all(map(math.isfinite, losses.values())):
+        finite = torch.tensor(float(all(map(math.isfinite, losses.values()))), device=device)
+        if ddp:  # every process stops together, or the others would wait for it forever in the next collective
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not finite.item():
             raise SystemExit(f"stopping: the evaluation loss is not finite at iteration {iter_num}; "
                              f"{ckpt_path} still holds the last good checkpoint")
         best_val_loss = min(best_val_loss, losses['val'])
@@ -422,7 +458,9 @@ while True:
               f"({sm_weight} * L_SM + {1 - sm_weight:g} * L_BC), so it jumps, and the log gains expert, value, chi2, "
               f"reward_data, reward_model and bkspc rate; the val loss stays comparable")
         log_row({'iter': iter_num, 'event': 'seqmatch_on'})
-    if use_sm and (iter_num - bc_warmup_iters) % sample_interval == 0:
+    # refresh on schedule, and whenever the buffer is empty: a run resumed off a refresh boundary (after
+    # bc_warmup_iters was changed, say) has nothing to draw rollouts from
+    if use_sm and ((iter_num - bc_warmup_iters) % sample_interval == 0 or len(replay['tokens']) == 0):
         t_sample = time.time()
         bkspc_rate = refresh_rollouts()
         rollout_time += time.time() - t_sample

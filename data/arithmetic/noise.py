@@ -10,9 +10,10 @@ import torch
 PROBLEM = re.compile(r"In base (\d+), what is [^?\n]*\? (-?\d*\n?)")  # group 2: the answer and its newline
 
 
-def wrong_digit_noise(meta):
+def wrong_digit_noise(meta, generator=None):
     """noise_fn(tokens (n,)) -> (n,) for seqmatch.add_noise: inside an answer, a digit of its base other
-    than the true character; -1 (no noise) everywhere else."""
+    than the true character; -1 (no noise) everywhere else. Draws from generator (train.py's batch thread
+    passes its own)."""
     stoi, itos = meta['stoi'], meta['itos']
 
     def noise_fn(tokens):
@@ -22,6 +23,6 @@ def wrong_digit_noise(meta):
             base = int(match.group(1))
             for j in range(match.start(2), match.end(2)):
                 wrong = [d for d in range(base) if str(d) != text[j]]
-                proposal[j] = stoi[str(wrong[torch.randint(len(wrong), ()).item()])]
+                proposal[j] = stoi[str(wrong[torch.randint(len(wrong), (), generator=generator).item()])]
         return proposal
     return noise_fn

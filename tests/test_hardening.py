@@ -1,0 +1,233 @@
+"""Issue 12: the vectorised backspace masking, and the defects a code review found in train.py and seqmatch.py."""
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from seqmatch import add_noise, backspace_inputs, noisy_rows, random_noise
+from test_train import TINY, run, shakespeare_char  # noqa: F401 (a fixture)
+
+BK = 19  # <bkspc> in a vocabulary of 20: base tokens 0..18
+
+
+def stack_loop_backspace_inputs(tokens, bkspc_id, n_prompt):
+    """The reference: backspace_inputs as it was before it was vectorised, one position at a time with an
+    explicit stack (seqmatch.py, section 2). Every position attends to exactly the stack after it."""
+    B, n = tokens.shape
+    n_prompt = [n_prompt] * B if isinstance(n_prompt, int) else [int(p) for p in n_prompt]
+    input_ids = np.zeros((B, n), dtype=np.int64)
+    position_ids = np.zeros((B, n), dtype=np.int64)
+    attn_mask = np.zeros((B, n, n), dtype=bool)
+    for b, row in enumerate(tokens.tolist()):
+        stack = []  # input positions that make up the current state
+        for j, tok in enumerate(row):
+            if j > 0:
+                attn_mask[b, j] = attn_mask[b, j - 1]  # start from the previous state's positions
+            if tok == bkspc_id:
+                if len(stack) <= max(n_prompt[b], 1):
+                    raise ValueError(f"row {b}: <bkspc> at position {j} would delete into the prompt "
+                                     f"(the first {n_prompt[b]} tokens) or leave the row empty")
+                deleted = stack.pop()
+                top = stack[-1]
+                input_ids[b, j] = input_ids[b, top]  # the copy: same id ...
+                position_ids[b, j] = position_ids[b, top]  # ... same position id
+                attn_mask[b, j, [deleted, top]] = False
+                stack[-1] = j
+            else:
+                input_ids[b, j] = tok
+                position_ids[b, j] = len(stack)
+                stack.append(j)
+            attn_mask[b, j, j] = True
+    return torch.from_numpy(input_ids), torch.from_numpy(position_ids), torch.from_numpy(attn_mask)
+
+
+def random_rows(B, n, n_prompt, bkspc_id, p_bkspc, seed):
+    """Random rows with up to a fraction p_bkspc of <bkspc>, none deleting into the prompt or emptying a row."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, bkspc_id, (B, n), generator=g)
+    coins = torch.rand(B, n, generator=g) < p_bkspc
+    for b in range(B):
+        depth = 0
+        for j in range(n):
+            if j >= n_prompt and depth > max(n_prompt, 1) and coins[b, j]:
+                tokens[b, j] = bkspc_id
+                depth -= 1
+            else:
+                depth += 1
+    return tokens
+
+
+@pytest.mark.parametrize('n_prompt', [1, 3, [1, 5, 2, 4, 1, 3]])
+@pytest.mark.parametrize('p_bkspc', [0.0, 0.1, 0.45, 0.7])
+def test_masking_vectorised_matches_the_stack_loop(n_prompt, p_bkspc):
+    prompts = n_prompt if isinstance(n_prompt, list) else [n_prompt] * 6
+    tokens = torch.cat([random_rows(1, 70, p, BK, p_bkspc, seed=10 * k + int(100 * p_bkspc))
+                        for k, p in enumerate(prompts)])
+    tokens[0] = tokens[0] % BK  # row 0 by hand: copies of copies, and a run of deletions
+    tokens[0, 5:13] = torch.tensor([3, BK, 4, BK, BK, 5, 6, BK])
+    if p_bkspc > 0:
+        assert (tokens == BK).sum() > 6
+    for got, want in zip(backspace_inputs(tokens, BK, n_prompt), stack_loop_backspace_inputs(tokens, BK, n_prompt)):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert torch.equal(got, want)
+
+
+def test_masking_errors_match_the_stack_loop():
+    tokens = random_rows(5, 30, 2, BK, 0.4, seed=3)
+    tokens[3, 2:6] = torch.tensor([7, BK, BK, BK])  # the third <bkspc> would delete into the prompt
+    tokens[4, 1] = BK
+    for loop in (backspace_inputs, stack_loop_backspace_inputs):
+        with pytest.raises(ValueError, match=r'^row 3: <bkspc> at position 4 would delete into the prompt '
+                                             r'\(the first 2 tokens\) or leave the row empty$'):
+            loop(tokens, BK, 2)
+
+
+@contextmanager
+def deadline(seconds):
+    """Fail instead of hanging: a SIGALRM interrupts the code under test after `seconds`."""
+    def give_up(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_random_noise_ends_when_eos_is_the_only_other_token():
+    # base vocabulary {0, 1}, <bkspc> = 2, eos = 0: a data token 1 has no mistake that is not eos
+    tokens = torch.tensor([1, 1, 0, 1])
+    with deadline(10):
+        noise = random_noise(tokens, bkspc_id=2, eos_id=0)
+        noisy, actions = add_noise(tokens, 1.0, bkspc_id=2, eos_id=0)
+    assert noise.tolist() == [-1, -1, 1, -1]  # only the eos token itself has a wrong token that is not eos
+    assert noisy.tolist() == [1, 1, 1, 2, 0, 1]  # so that is the only noise inserted (after the prompt)
+    assert actions.tolist() == [1, 1, 0, 2, 0, 1]
+
+
+def test_random_noise_is_uniform_over_the_other_tokens():
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.tensor([3, 0, 4, 2] * 5000)  # base vocabulary 0..4, eos = 2
+    noise = random_noise(tokens, bkspc_id=5, eos_id=2, generator=g)
+    for true in (3, 0, 4, 2):
+        drawn = noise[tokens == true]
+        allowed = sorted({0, 1, 3, 4} - {true})
+        counts = torch.bincount(drawn, minlength=5)
+        assert sorted(drawn.unique().tolist()) == allowed
+        assert (counts[allowed].float() / len(drawn) - 1 / len(allowed)).abs().max() < 0.03
+
+
+def test_noisy_rows_cut_on_a_noise_token_drop_its_transition():
+    every_time = lambda t: t * 0 + 9  # noise token 9 before every data token after the prompt; <bkspc> = 10
+    rows = torch.tensor([[5, 6, 7, 8, 4]])  # noisy: 5 9 <bkspc> 6 9 <bkspc> 7 9 <bkspc> 8 9 <bkspc> 4
+    tokens, actions, valid = noisy_rows(rows, 1.0, bkspc_id=10, noise_fn=every_time)  # cut to 5: ends on a 9
+    assert tokens.tolist() == [[5, 9, 10, 6, 9]] and actions.tolist() == [[5, 6, 10, 6, 7]]
+    assert valid.tolist() == [[False, True, True, True, False]]  # 7, the action into the last 9, is cut off
+    tokens, actions, valid = noisy_rows(torch.tensor([[5, 6, 7, 8, 4, 3]]), 1.0, bkspc_id=10, noise_fn=every_time)
+    assert tokens.tolist() == [[5, 9, 10, 6, 9, 10]]  # cut to 6: the 9's <bkspc> follows, its 7 does not
+    assert valid.tolist() == [[False, True, True, True, False, True]]
+    tokens, actions, valid = noisy_rows(torch.tensor([[5, 6, 7, 8]]), 1.0, bkspc_id=10, noise_fn=every_time)
+    assert tokens.tolist() == [[5, 9, 10, 6]] and valid.tolist() == [[False, True, True, True]]  # cut on data
+
+
+POISON_RANK_1 = """
+import os, runpy, sys
+import torch
+import torch.nn.functional as F
+if os.environ['RANK'] == '1':  # this process alone sees a non-finite evaluation loss
+    cross_entropy = F.cross_entropy
+    def poisoned(*args, **kwargs):
+        loss = cross_entropy(*args, **kwargs)
+        return loss if torch.is_grad_enabled() else loss * float('inf')  # evaluation runs under no_grad
+    F.cross_entropy = poisoned
+sys.argv = ['train.py'] + sys.argv[1:]
+sys.path.insert(0, os.getcwd())  # the repository, as when train.py is run directly
+runpy.run_path('train.py', run_name='__main__')
+"""
+
+
+def test_ddp_non_finite_evaluation_on_one_process_stops_both(shakespeare_char, tmp_path):
+    """Two gloo processes, started as torchrun would; only rank 1's evaluation loss is infinite."""
+    script = tmp_path / 'poison_rank_1.py'
+    script.write_text(POISON_RANK_1)
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    args = [sys.executable, str(script), 'config/shakespeare_seqmatch.py', f'--out_dir={tmp_path / "out"}',
+            '--max_iters=4', '--eval_interval=2', *TINY]
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', MASTER_ADDR='127.0.0.1',
+                   MASTER_PORT=str(port), OMP_NUM_THREADS='1')
+        procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    try:
+        results = [p.communicate(timeout=120) for p in procs]
+    except subprocess.TimeoutExpired:
+        pytest.fail("a process hung after the other stopped")
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode != 0
+        assert 'the evaluation loss is not finite at iteration 0' in err, err
+
+
+def test_resume_into_sequencematch_off_a_refresh_boundary(shakespeare_char, tmp_path):
+    out = str(tmp_path)
+    run('train.py', 'config/shakespeare_seqmatch.py', f'--out_dir={out}', '--max_iters=4', '--eval_interval=4',
+        '--bc_warmup_iters=100', *TINY)  # stopped in the bc warm-up: the checkpoint's replay buffer is empty
+    assert len(torch.load(os.path.join(out, 'ckpt.pt'), weights_only=False)['processes'][0]['replay']['tokens']) == 0
+    # SequenceMatch from iteration 1 now, refreshing at 1, 6, 11, ...: iteration 4 is no refresh
+    result = run('train.py', 'config/shakespeare_seqmatch.py', f'--out_dir={out}', '--max_iters=6', '--eval_interval=4',
+                 '--init_from=resume', '--bc_warmup_iters=1', *TINY, '--sample_interval=5')
+    assert 'iter 5:' in result.stdout and 'bkspc rate' in result.stdout
+
+
+def test_resume_from_a_checkpoint_written_while_batches_were_prefetched(shakespeare_char, tmp_path):
+    """The batch thread runs ahead of training: a checkpoint written mid-run must not skip the batches that
+    were built but not used yet. (At the end of a run nothing is ahead, so test_resume_continues_exactly
+    would not notice.)"""
+    args = ['train.py', 'config/shakespeare_seqmatch.py', '--eval_interval=10', '--bc_warmup_iters=5', *TINY]
+    straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
+    run(*args, f'--out_dir={straight}', '--max_iters=20')
+    # the same run, meant to go on for long, killed after its checkpoint at iteration 10
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
+    proc = subprocess.Popen([sys.executable, *args, f'--out_dir={stopped}', '--max_iters=1000'], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith('saved checkpoint'):
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    assert torch.load(os.path.join(stopped, 'ckpt.pt'), weights_only=False)['iter_num'] == 10
+    run(*args, f'--out_dir={stopped}', '--max_iters=20', '--init_from=resume')
+    a, b = (torch.load(os.path.join(out, 'ckpt.pt'), weights_only=False) for out in (straight, stopped))
+    assert b['iter_num'] == 20
+    for name in a['model']:
+        assert torch.equal(a['model'][name], b['model'][name]), f"{name} differs after resuming"
+
+
+def test_ground_truth_noise_draws_from_the_batch_generator(tmp_path):
+    """train.py's batch thread passes its own generator: the noise must leave the global one alone, which
+    the main thread uses at the same time (replay draws, dropout, rollouts)."""
+    from data.arithmetic.noise import wrong_digit_noise
+    run('data/arithmetic/prepare.py', f'--out_dir={tmp_path}', '--n_train=50', '--n_val=5', '--n_test=5')
+    meta = pickle.loads((tmp_path / 'meta.pkl').read_bytes())
+    data = torch.from_numpy(np.fromfile(tmp_path / 'train.bin', dtype=np.uint16).astype(np.int64))
+    global_state = torch.get_rng_state()
+    noise = [wrong_digit_noise(meta, torch.Generator().manual_seed(7))(data) for _ in range(2)]
+    assert (noise[0] >= 0).sum() > 20 and torch.equal(noise[0], noise[1])  # a function of the generator alone
+    assert torch.equal(torch.get_rng_state(), global_state)
