@@ -28,9 +28,7 @@ EXERCISES = {
     # the rollouts run on the KV cache, so their tests grade it too
     'KVCache.update': ('model.py', 'KVCache.update', 'kv_cache or rollout'),
 }
-# the test files that grade the exercises (test_hardening.py, where it exists, adds a masking test)
-CORE_TESTS = [path for path in ('tests/test_seqmatch.py', 'tests/test_model.py', 'tests/test_hardening.py')
-              if os.path.exists(os.path.join(ROOT, path))]
+CORE_TESTS = ['tests/test_seqmatch.py', 'tests/test_model.py']  # the test files that grade the exercises
 # these check the teacher's copy, whose functions are all written: in a student copy they could only fail
 TEACHER_ONLY = {'exercise.py', 'tests/test_exercises.py'}
 

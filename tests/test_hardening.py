@@ -13,81 +13,9 @@ import torch
 
 from conftest import ROOT
 from seqmatch import add_noise, backspace_inputs, noisy_rows, random_noise
-from test_train import TINY, run, shakespeare_char  # noqa: F401 (a fixture)
+from test_train import TINY, run
 
 BK = 19  # <bkspc> in a vocabulary of 20: base tokens 0..18
-
-
-def stack_loop_backspace_inputs(tokens, bkspc_id, n_prompt):
-    """The reference: backspace_inputs as it was before it was vectorised, one position at a time with an
-    explicit stack (seqmatch.py, section 2). Every position attends to exactly the stack after it."""
-    B, n = tokens.shape
-    n_prompt = [n_prompt] * B if isinstance(n_prompt, int) else [int(p) for p in n_prompt]
-    input_ids = np.zeros((B, n), dtype=np.int64)
-    position_ids = np.zeros((B, n), dtype=np.int64)
-    attn_mask = np.zeros((B, n, n), dtype=bool)
-    for b, row in enumerate(tokens.tolist()):
-        stack = []  # input positions that make up the current state
-        for j, tok in enumerate(row):
-            if j > 0:
-                attn_mask[b, j] = attn_mask[b, j - 1]  # start from the previous state's positions
-            if tok == bkspc_id:
-                if len(stack) <= max(n_prompt[b], 1):
-                    raise ValueError(f"row {b}: <bkspc> at position {j} would delete into the prompt "
-                                     f"(the first {n_prompt[b]} tokens) or leave the row empty")
-                deleted = stack.pop()
-                top = stack[-1]
-                input_ids[b, j] = input_ids[b, top]  # the copy: same id ...
-                position_ids[b, j] = position_ids[b, top]  # ... same position id
-                attn_mask[b, j, [deleted, top]] = False
-                stack[-1] = j
-            else:
-                input_ids[b, j] = tok
-                position_ids[b, j] = len(stack)
-                stack.append(j)
-            attn_mask[b, j, j] = True
-    return torch.from_numpy(input_ids), torch.from_numpy(position_ids), torch.from_numpy(attn_mask)
-
-
-def random_rows(B, n, n_prompt, bkspc_id, p_bkspc, seed):
-    """Random rows with up to a fraction p_bkspc of <bkspc>, none deleting into the prompt or emptying a row."""
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, bkspc_id, (B, n), generator=g)
-    coins = torch.rand(B, n, generator=g) < p_bkspc
-    for b in range(B):
-        depth = 0
-        for j in range(n):
-            if j >= n_prompt and depth > max(n_prompt, 1) and coins[b, j]:
-                tokens[b, j] = bkspc_id
-                depth -= 1
-            else:
-                depth += 1
-    return tokens
-
-
-@pytest.mark.parametrize('n_prompt', [1, 3, [1, 5, 2, 4, 1, 3]])
-@pytest.mark.parametrize('p_bkspc', [0.0, 0.1, 0.45, 0.7])
-def test_masking_vectorised_matches_the_stack_loop(n_prompt, p_bkspc):
-    prompts = n_prompt if isinstance(n_prompt, list) else [n_prompt] * 6
-    tokens = torch.cat([random_rows(1, 70, p, BK, p_bkspc, seed=10 * k + int(100 * p_bkspc))
-                        for k, p in enumerate(prompts)])
-    tokens[0] = tokens[0] % BK  # row 0 by hand: copies of copies, and a run of deletions
-    tokens[0, 5:13] = torch.tensor([3, BK, 4, BK, BK, 5, 6, BK])
-    if p_bkspc > 0:
-        assert (tokens == BK).sum() > 6
-    for got, want in zip(backspace_inputs(tokens, BK, n_prompt), stack_loop_backspace_inputs(tokens, BK, n_prompt)):
-        assert got.dtype == want.dtype and got.shape == want.shape
-        assert torch.equal(got, want)
-
-
-def test_masking_errors_match_the_stack_loop():
-    tokens = random_rows(5, 30, 2, BK, 0.4, seed=3)
-    tokens[3, 2:6] = torch.tensor([7, BK, BK, BK])  # the third <bkspc> would delete into the prompt
-    tokens[4, 1] = BK
-    for loop in (backspace_inputs, stack_loop_backspace_inputs):
-        with pytest.raises(ValueError, match=r'^row 3: <bkspc> at position 4 would delete into the prompt '
-                                             r'\(the first 2 tokens\) or leave the row empty$'):
-            loop(tokens, BK, 2)
 
 
 @contextmanager

@@ -127,6 +127,54 @@ def test_masking_refuses_a_bkspc_into_the_prompt_or_an_empty_row():
     with pytest.raises(ValueError, match=r'^row 1: <bkspc> at position 2 .*\(the first 2 tokens\)'):
         backspace_inputs(torch.tensor([[1, 2, 3], [1, 2, BK]]), BK, n_prompt=[1, 2])  # one n_prompt per row
 
+def stack_loop_backspace_inputs(tokens, bkspc_id, n_prompt):
+    """The tests' own reference for backspace_inputs: the stack rule of seqmatch.py, section 2, one
+    position at a time (the loop that backspace_inputs computes for all rows and positions at once)."""
+    B, n = tokens.shape
+    n_prompt = [n_prompt] * B if isinstance(n_prompt, int) else [int(p) for p in n_prompt]
+    input_ids = [[0] * n for _ in range(B)]
+    position_ids = [[0] * n for _ in range(B)]
+    attn_mask = [[[False] * n for _ in range(n)] for _ in range(B)]
+    for b, row in enumerate(tokens.tolist()):
+        stack = []  # input positions that make up the current state
+        for j, tok in enumerate(row):
+            if j > 0:
+                attn_mask[b][j] = list(attn_mask[b][j - 1])  # start from the previous state's positions
+            if tok == bkspc_id:
+                if len(stack) <= max(n_prompt[b], 1):
+                    raise ValueError(f"row {b}: <bkspc> at position {j} would delete into the prompt "
+                                     f"(the first {n_prompt[b]} tokens) or leave the row empty")
+                deleted = stack.pop()
+                top = stack[-1]
+                input_ids[b][j] = input_ids[b][top]  # the copy: same id ...
+                position_ids[b][j] = position_ids[b][top]  # ... same position id
+                attn_mask[b][j][deleted] = attn_mask[b][j][top] = False
+                stack[-1] = j
+            else:
+                input_ids[b][j] = tok
+                position_ids[b][j] = len(stack)
+                stack.append(j)
+            attn_mask[b][j][j] = True
+    return torch.tensor(input_ids), torch.tensor(position_ids), torch.tensor(attn_mask)
+
+
+@pytest.mark.parametrize('p_bkspc', [0.0, 0.1, 0.45, 0.7])
+def test_masking_equals_the_stack_loop_exactly(p_bkspc):
+    """Byte for byte, dtypes included, with int and per-row prompts, copies of copies and runs of deletions."""
+    for n_prompt in (1, 3, [1, 5, 2, 4, 1, 3]):
+        prompts = n_prompt if isinstance(n_prompt, list) else [n_prompt] * 6
+        tokens = torch.cat([random_trajectories(1, 50, p, BK, p_bkspc, seed=10 * k + int(100 * p_bkspc))
+                            for k, p in enumerate(prompts)])
+        tokens[0] = tokens[0] % BK  # row 0 by hand: copies of copies, and a run of deletions
+        tokens[0, 5:13] = torch.tensor([3, BK, 4, BK, BK, 5, 6, BK])
+        got, want = backspace_inputs(tokens, BK, n_prompt), stack_loop_backspace_inputs(tokens, BK, n_prompt)
+        for name, g, w in zip(('input_ids', 'position_ids', 'attn_mask'), got, want):
+            assert g.dtype == w.dtype and g.shape == w.shape, (name, g.dtype, w.dtype, g.shape, w.shape)
+            wrong = (g != w).nonzero()
+            assert len(wrong) == 0, (f"n_prompt {n_prompt}: {name} differs first at (row, position"
+                                     f"{', key' if name == 'attn_mask' else ''}) {wrong[0].tolist()}")
+
+
 # ----------------------------------------------------------------------------- rollouts (generate)
 
 
