@@ -4,7 +4,7 @@ Speed checks for the two claims of the backspace masking (seqmatch.py, section 2
   (b) rollouts with the step-synchronous KV cache beat recomputing the whole prefix every step;
 and for the batch pipeline of train.py (issue 12):
   (c) preparing a micro-batch at GPT-2 shapes (noise, masking) next to a tiny model's step at that shape,
-      and backspace_inputs against the loop over positions it replaced (tests/test_hardening.py);
+      and backspace_inputs against the loop over positions it replaced (tests/test_seqmatch.py);
   (d) the cost per row of a SequenceMatch step against an MLE step, with the rollouts amortised.
 Prints ratios. Usage: python bench.py [--which=step|rollout|pipeline|all] [--steps=30]
 (the rollout part takes ~8 minutes on 2 cores, the pipeline part ~1 minute)
@@ -21,7 +21,7 @@ from seqmatch import (add_noise, apply_backspaces, backspace_inputs, bc_loss, ge
                       seqmatch_loss)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tests'))
-from test_hardening import stack_loop_backspace_inputs  # noqa: E402 (the reference, kept with its test)
+from test_seqmatch import stack_loop_backspace_inputs  # noqa: E402 (the reference, kept with its test)
 
 which = 'all'  # 'step', 'rollout', 'pipeline' or 'all'
 steps = 30  # timed training steps per measurement (after 3 warm-up steps); fewer are noisy on small models

@@ -60,7 +60,7 @@ def apply_backspaces(tokens, bkspc_id, n_prompt=0):
 # position attends to exactly the stack after it is processed. The copy sees what the original saw,
 # so it computes the same activations and its logits are the policy at the restored state.
 # backspace_inputs computes the stack for all rows and positions at once (the stack size is a running
-# sum of +1 per token and -1 per <bkspc>); tests/test_hardening.py keeps the loop over positions as the
+# sum of +1 per token and -1 per <bkspc>); tests/test_seqmatch.py keeps the loop over positions as the
 # reference it must equal.
 
 

@@ -6,6 +6,7 @@ A test never uses the function it grades as its own reference, and never calls a
 seqmatch.py: where it needs the text a row ends in, it uses final_text below."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -132,30 +133,30 @@ def stack_loop_backspace_inputs(tokens, bkspc_id, n_prompt):
     position at a time (the loop that backspace_inputs computes for all rows and positions at once)."""
     B, n = tokens.shape
     n_prompt = [n_prompt] * B if isinstance(n_prompt, int) else [int(p) for p in n_prompt]
-    input_ids = [[0] * n for _ in range(B)]
-    position_ids = [[0] * n for _ in range(B)]
-    attn_mask = [[[False] * n for _ in range(n)] for _ in range(B)]
+    input_ids = np.zeros((B, n), dtype=np.int64)
+    position_ids = np.zeros((B, n), dtype=np.int64)
+    attn_mask = np.zeros((B, n, n), dtype=bool)
     for b, row in enumerate(tokens.tolist()):
         stack = []  # input positions that make up the current state
         for j, tok in enumerate(row):
             if j > 0:
-                attn_mask[b][j] = list(attn_mask[b][j - 1])  # start from the previous state's positions
+                attn_mask[b, j] = attn_mask[b, j - 1]  # start from the previous state's positions
             if tok == bkspc_id:
                 if len(stack) <= max(n_prompt[b], 1):
                     raise ValueError(f"row {b}: <bkspc> at position {j} would delete into the prompt "
                                      f"(the first {n_prompt[b]} tokens) or leave the row empty")
                 deleted = stack.pop()
                 top = stack[-1]
-                input_ids[b][j] = input_ids[b][top]  # the copy: same id ...
-                position_ids[b][j] = position_ids[b][top]  # ... same position id
-                attn_mask[b][j][deleted] = attn_mask[b][j][top] = False
+                input_ids[b, j] = input_ids[b, top]  # the copy: same id ...
+                position_ids[b, j] = position_ids[b, top]  # ... same position id
+                attn_mask[b, j, [deleted, top]] = False
                 stack[-1] = j
             else:
-                input_ids[b][j] = tok
-                position_ids[b][j] = len(stack)
+                input_ids[b, j] = tok
+                position_ids[b, j] = len(stack)
                 stack.append(j)
-            attn_mask[b][j][j] = True
-    return torch.tensor(input_ids), torch.tensor(position_ids), torch.tensor(attn_mask)
+            attn_mask[b, j, j] = True
+    return torch.from_numpy(input_ids), torch.from_numpy(position_ids), torch.from_numpy(attn_mask)
 
 
 @pytest.mark.parametrize('p_bkspc', [0.0, 0.1, 0.45, 0.7])
