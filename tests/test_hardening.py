@@ -130,7 +130,7 @@ def test_resume_from_a_checkpoint_written_while_batches_were_prefetched(shakespe
     straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
     run(*args, f'--out_dir={straight}', '--max_iters=20')
     # the same run, meant to go on for long, killed after its checkpoint at iteration 10
-    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
+    env = dict(os.environ, PYTHONUNBUFFERED='1')  # the same threads as the other runs: the same arithmetic
     proc = subprocess.Popen([sys.executable, *args, f'--out_dir={stopped}', '--max_iters=1000'], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
