@@ -65,16 +65,17 @@ def answer_questions(model, tokenizer, problems, temp, n_samples, allow_bkspc=Tr
     fraction of each question's answers that are exactly right after the backspaces; stats, over all
     answers: backspace rate, the fraction of backspaces that removed a wrong character, their number, and
     the fraction of answers that are right and used a <bkspc> (rescued, or at least not spoiled, by it)."""
+    prompts_of = [tokenizer.encode('\n' + question + ' ') for question, _ in problems]
     by_length = {}  # generate() takes prompts of one length at a time
-    for k, (question, answer) in enumerate(problems):
-        by_length.setdefault(len(tokenizer.encode('\n' + question + ' ')), []).append(k)
+    for k, prompt in enumerate(prompts_of):
+        by_length.setdefault(len(prompt), []).append(k)
     right = torch.zeros(len(problems))
     n_actions = n_bkspc = n_fixes = n_right_with_bkspc = 0
     for length, ks in sorted(by_length.items()):
         ks = [k for k in ks for _ in range(n_samples)]
         for chunk in range(0, len(ks), 1024):  # bounds the KV cache's memory
             group = ks[chunk:chunk + 1024]
-            prompts = torch.tensor([tokenizer.encode('\n' + problems[k][0] + ' ') for k in group], device=device)
+            prompts = torch.tensor([prompts_of[k] for k in group], device=device)  # (len(group), length)
             tokens, valid = generate(model, prompts, model.config.block_size - length, tokenizer.bkspc_id,
                                      temperature=temp, eos_id=tokenizer.eos_id, allow_bkspc=allow_bkspc)
             for k, prompt, row, ok in zip(group, prompts.tolist(), tokens[:, length:].tolist(),
