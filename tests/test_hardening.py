@@ -122,10 +122,11 @@ def test_resume_into_sequencematch_off_a_refresh_boundary(shakespeare_char, tmp_
     assert 'iter 5:' in result.stdout and 'bkspc rate' in result.stdout
 
 
-def test_resume_from_a_checkpoint_written_while_batches_were_prefetched(shakespeare_char, tmp_path):
+def test_resume_from_a_checkpoint_written_while_batches_were_prefetched(shakespeare_char, tmp_path, monkeypatch):
     """The batch thread runs ahead of training: a checkpoint written mid-run must not skip the batches that
     were built but not used yet. (At the end of a run nothing is ahead, so test_resume_continues_exactly
-    would not notice.)"""
+    would not notice.) One thread, as in test_resume_continues_exactly: bit for bit needs it."""
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
     args = ['train.py', 'config/shakespeare_seqmatch.py', '--eval_interval=10', '--bc_warmup_iters=5', *TINY]
     straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
     run(*args, f'--out_dir={straight}', '--max_iters=20')
