@@ -113,14 +113,20 @@ def bench_pipeline(batch_size=8, block_size=1024, p_noise=0.02):
     g = torch.Generator().manual_seed(seed)
     tokens = noisy_rows(rows, p_noise, bk, eos, generator=g)[0]
     prepare = median_time(lambda: backspace_inputs(noisy_rows(rows, p_noise, bk, eos, generator=g)[0], bk, 1), steps)
-    # the masking alone, against the loop it replaced, alternating the two (other processes share the CPU);
-    # and the floor that any version pays: allocating and writing the (B, n, n) bool mask it returns
-    loop_times, vectorised_times, floor_times = [], [], []
-    for _ in range(steps):
-        loop_times.append(median_time(lambda: stack_loop_backspace_inputs(tokens, bk, 1), 1, warmup=0))
-        vectorised_times.append(median_time(lambda: backspace_inputs(tokens, bk, 1), 1, warmup=0))
-        floor_times.append(median_time(lambda: np.ones((batch_size, block_size, block_size), dtype=bool), 1, warmup=0))
-    loop, vectorised, floor = (sorted(t)[steps // 2] for t in (loop_times, vectorised_times, floor_times))
+    # The masking alone against the loop it replaced, and the floor any version pays (allocating and writing
+    # the (B, n, n) bool mask it returns), timed two ways, the two sides alternating (other processes share
+    # the CPU): back to back (warm caches: train.py's batch thread while a GPU computes) and single calls,
+    # each after the other side's (cold caches: a CPU that also runs the model)
+    candidates = dict(loop=lambda: stack_loop_backspace_inputs(tokens, bk, 1),
+                      vectorised=lambda: backspace_inputs(tokens, bk, 1),
+                      floor=lambda: np.ones((batch_size, block_size, block_size), dtype=bool))
+    warm_times, cold_times = ({name: [] for name in candidates} for _ in range(2))
+    for i in range(steps):
+        for name, fn in candidates.items():
+            cold_times[name].append(median_time(fn, 1, warmup=0))
+            if i % 3 == 0:  # a block of 1 + 3 calls
+                warm_times[name].append(median_time(fn, 3, warmup=1))
+    warm, cold = ({name: sorted(t)[len(t) // 2] for name, t in times.items()} for times in (warm_times, cold_times))
     # a tiny model's masked training step at the same shape (char-level vocabulary: the GPT-2 head alone
     # would take seconds per step on this CPU)
     model = make_model(4, 4, 128, block_size)
@@ -131,9 +137,11 @@ def bench_pipeline(batch_size=8, block_size=1024, p_noise=0.02):
     print(f"(c) micro-batch {batch_size}x{block_size}, p_noise {p_noise}: preparing it (noise + masking) "
           f"{prepare * 1000:.1f} ms = {n / prepare:,.0f} tok/s; a 4L/128 training step at that shape "
           f"{step * 1000:.0f} ms: preparing is {prepare / step:.1%} of a step")
-    print(f"(c) backspace_inputs {batch_size}x{block_size}: loop over positions {loop * 1000:.1f} ms, "
-          f"vectorised {vectorised * 1000:.2f} ms, speed-up {loop / vectorised:.1f}x; writing the mask alone "
-          f"{floor * 1000:.2f} ms (no version that returns this mask can beat the loop by more than {loop / floor:.0f}x)")
+    for how, t in (('back to back', warm), ('single calls', cold)):
+        print(f"(c) backspace_inputs {batch_size}x{block_size}, {how}: loop over positions {t['loop'] * 1000:.1f} ms, "
+              f"vectorised {t['vectorised'] * 1000:.2f} ms, speed-up {t['loop'] / t['vectorised']:.1f}x; writing the "
+              f"mask alone {t['floor'] * 1000:.2f} ms (no version that returns this mask can beat the loop by more "
+              f"than {t['loop'] / t['floor']:.0f}x)")
 
 
 def bench_sm_vs_mle(batch_size=12, model_batch_size=6, block_size=64, prompt_len=16, sample_interval=10,

@@ -22,6 +22,8 @@ A per-position mask `m[:, j]` always refers to the transition INTO tokens[:, j],
 tokens[:, j] taken in the state made of tokens[:, :j].
 """
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -64,6 +66,14 @@ def apply_backspaces(tokens, bkspc_id, n_prompt=0):
 # reference it must equal.
 
 
+@functools.lru_cache(maxsize=4)
+def causal_mask(n):
+    """(n, n) bool, True where i <= j: built once per length (read-only), as it costs a tenth of a mask."""
+    mask = np.tri(n, dtype=bool)
+    mask.setflags(write=False)
+    return mask
+
+
 def backspace_inputs(tokens, bkspc_id, n_prompt):
     """tokens: (B, n) trajectories. n_prompt: an int, or one per row.
 
@@ -89,49 +99,54 @@ def backspace_inputs(tokens, bkspc_id, n_prompt):
     Returns input_ids (B, n), position_ids (B, n) and attn_mask (B, n, n) (bool, True = may attend)
     for GPT.forward. Raises ValueError if a <bkspc> would delete into the prompt or empty the row."""
     B, n = tokens.shape
-    assert n <= 2 ** 15, "positions are compared as uint16 below"
+    assert n < 2 ** 15, "stack sizes and <bkspc> counts are int16 below (numpy sorts those by radix)"
     n_prompt = np.array([n_prompt] * B if isinstance(n_prompt, int) else [int(p) for p in n_prompt])  # (B,)
     tokens_np = tokens.cpu().numpy()
     is_bkspc = tokens_np == bkspc_id  # (B, n)
-    depth = np.cumsum(np.where(is_bkspc, -1, 1), axis=1)  # (B, n): the size of the stack after position j
+    n_bkspc = np.cumsum(is_bkspc, axis=1, dtype=np.int16)  # (B, n): how many <bkspc> up to and including j
+    # the size of the stack after position j: +1 per ordinary token, -1 per <bkspc>
+    depth = np.arange(1, n + 1, dtype=np.int16) - 2 * n_bkspc  # (B, n)
     # a <bkspc> needs more than max(n_prompt, 1) entries on the stack before it, i.e. depth + 1
-    bad = is_bkspc & (depth + 1 <= np.maximum(n_prompt, 1)[:, None])  # (B, n)
+    bad = is_bkspc & (depth < np.maximum(n_prompt, 1)[:, None])  # (B, n)
     if bad.any():
         b = int(bad.any(axis=1).argmax())  # the first bad row, and its first bad position
         j = int(bad[b].argmax())
         raise ValueError(f"row {b}: <bkspc> at position {j} would delete into the prompt "
                          f"(the first {n_prompt[b]} tokens) or leave the row empty")
     # Position j sits in slot depth[j] - 1 of the stack: pushed there, or there as the copy of that slot's top.
-    position_ids = depth - 1  # (B, n): a slot's position id is its index, copies included
-    # The entries of one slot in time order: sort the positions by depth (stable keeps time order). The
-    # depth moves by one per position, so it only comes back down to a slot by a <bkspc>, whose copy
-    # replaces the slot's entry: consecutive entries of a slot are an entry and the copy that replaced it.
-    order = np.argsort(depth, axis=1, kind='stable')  # (B, n): positions grouped by slot, in time order
-    depth_sorted = np.take_along_axis(depth, order, 1)  # (B, n)
-    replaced_at = np.full((B, n), n)  # (B, n): the copy that replaces position i, n if none does
-    np.put_along_axis(replaced_at, order[:, :-1],
-                      np.where(depth_sorted[:, 1:] == depth_sorted[:, :-1], order[:, 1:], n), axis=1)
-    pos = np.arange(n)
-    popped_next = np.zeros((B, n), dtype=bool)  # a <bkspc> right after i pops i itself
-    popped_next[:, :-1] = is_bkspc[:, 1:]
-    removed_at = np.where(popped_next, pos + 1, replaced_at)  # (B, n): the first j at which i is off the stack
+    position_ids = torch.from_numpy(depth - 1).long()  # (B, n): a slot's position id is its index, copies included
+    # The entries of one slot in time order: sort the positions by depth (stable keeps time order). The top
+    # of the stack after j is always j itself, so the <bkspc> at j pops j - 1 and its copy replaces the
+    # entry before it in its slot (a copy is never a slot's first entry: the depth first gets there from
+    # below, so that entry is in the same row). Those two are all it removes.
+    row_start = np.arange(0, B * n, n)[:, None]  # (B, 1): flat index of each row's position 0
+    order = (np.argsort(depth, axis=1, kind='stable') + row_start).ravel()  # (B * n,): flat positions by slot
+    is_copy = is_bkspc.ravel()[order]  # (B * n,): in that order
+    k = np.flatnonzero(is_copy)  # the copies' places in order; order[k - 1] is the entry each one replaces
+    copies = order[k]
+    # Every removal happens at a <bkspc>, so we count time in <bkspc>s: position i is on the stack after
+    # j >= i iff fewer <bkspc> have come by j than by the one that removes i (removed_count[i]).
+    max_count = int(n_bkspc[:, -1].max())
+    removed_count = np.full(B * n, max_count + 1, dtype=np.int16)  # (B * n,): max_count + 1 = never removed
+    removed_count[order[k - 1]] = removed_count[copies - 1] = n_bkspc.ravel()[copies]
     # A copy repeats its slot's previous entry, which may be a copy too: the token is that of the slot's
-    # latest ordinary entry (a slot's first entry is always a push: the depth first gets there from below)
-    ordinary_sorted = ~np.take_along_axis(is_bkspc, order, 1)  # (B, n)
-    latest = np.maximum.accumulate(np.where(ordinary_sorted, pos, 0), axis=1)  # (B, n), indices into order
-    source = np.empty_like(order)  # (B, n): the ordinary position whose token position j carries
-    np.put_along_axis(source, order, np.take_along_axis(order, latest, 1), axis=1)
-    input_ids = np.take_along_axis(tokens_np, source, 1)  # (B, n)
-    # Position i is on the stack after j iff i <= j < removed_at[i], i.e. 0 <= j - i < removed_at[i] - i. In
-    # uint16, j - i wraps around to >= 2**15 where j < i, so one comparison tests both. This (B, n, n)
-    # comparison is most of the cost; small unsigned ints make it several times faster than int64.
-    pos16 = pos.astype(np.uint16)
-    age = np.subtract.outer(pos16, pos16)  # (n, n): j - i, wrapped where j < i
-    lifetime = (removed_at - pos).astype(np.uint16)  # (B, n): how many rows see position i
-    attn_mask = age < lifetime[:, None, :]  # (B, n, n)
+    # latest ordinary entry, found by a running maximum over the sorted places of ordinary entries
+    latest = np.maximum.accumulate(np.where(is_copy, 0, np.arange(B * n)))  # (B * n,): places in order
+    source = np.empty(B * n, dtype=np.int64)  # (B * n,): the ordinary position whose token position j carries
+    source[order] = order[latest]
+    input_ids = torch.from_numpy(tokens_np.ravel()[source].reshape(B, n))  # (B, n)
+    # The mask: between two <bkspc>s nothing leaves the stack, so there are only max_count + 1 different
+    # sets of positions not yet removed, one per <bkspc> count. Row j of the mask is the set for its
+    # count, n_bkspc[j], cut to the positions up to j (causal). Writing the (B, n, n) mask is most of the
+    # cost: one row copy and one cut. (numpy, not torch: torch's multi-threaded kernels, called from
+    # train.py's batch thread, slow the main thread's training step down by half on a 2-core CPU.)
+    not_removed = np.arange(max_count + 1, dtype=np.int16)[:, None] < removed_count.reshape(B, 1, n)  # (B, K + 1, n)
+    row_of_j = n_bkspc + np.arange(0, B * (max_count + 1), max_count + 1)[:, None]  # (B, n): into not_removed
+    attn_mask = not_removed.reshape(-1, n)[row_of_j.ravel()].reshape(B, n, n)  # (B, n, n)
+    attn_mask &= causal_mask(n)  # the cut to i <= j
+    attn_mask = torch.from_numpy(attn_mask)
     device = tokens.device
-    return (torch.from_numpy(input_ids).to(device), torch.from_numpy(position_ids).to(device),
-            torch.from_numpy(attn_mask).to(device))
+    return input_ids.to(device), position_ids.to(device), attn_mask.to(device)
 
 # -----------------------------------------------------------------------------
 # 3. Noise augmentation

@@ -176,6 +176,14 @@ def test_masking_equals_the_stack_loop_exactly(p_bkspc):
                                      f"{', key' if name == 'attn_mask' else ''}) {wrong[0].tolist()}")
 
 
+def test_masking_equals_the_stack_loop_at_gpt2_length():
+    """n = 1024 (the GPT-2 block), with few and with many backspaces (hundreds of <bkspc> counts per row)."""
+    for p_bkspc in (0.02, 0.45):
+        tokens = torch.cat([random_trajectories(1, 1024, 1, BK, p_bkspc, seed=k) for k in range(3)])
+        for g, w in zip(backspace_inputs(tokens, BK, 1), stack_loop_backspace_inputs(tokens, BK, 1)):
+            assert g.dtype == w.dtype and torch.equal(g, w), p_bkspc
+
+
 # ----------------------------------------------------------------------------- rollouts (generate)
 
 
