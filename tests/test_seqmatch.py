@@ -128,6 +128,7 @@ def test_masking_refuses_a_bkspc_into_the_prompt_or_an_empty_row():
     with pytest.raises(ValueError, match=r'^row 1: <bkspc> at position 2 .*\(the first 2 tokens\)'):
         backspace_inputs(torch.tensor([[1, 2, 3], [1, 2, BK]]), BK, n_prompt=[1, 2])  # one n_prompt per row
 
+
 def stack_loop_backspace_inputs(tokens, bkspc_id, n_prompt):
     """The tests' own reference for backspace_inputs: the stack rule of seqmatch.py, section 2, one
     position at a time (the loop that backspace_inputs computes for all rows and positions at once)."""
@@ -159,29 +160,32 @@ def stack_loop_backspace_inputs(tokens, bkspc_id, n_prompt):
     return torch.from_numpy(input_ids), torch.from_numpy(position_ids), torch.from_numpy(attn_mask)
 
 
+def assert_equals_stack_loop(tokens, n_prompt):
+    """backspace_inputs byte for byte against the loop, dtypes included; a failure names the first difference."""
+    got, want = backspace_inputs(tokens, BK, n_prompt), stack_loop_backspace_inputs(tokens, BK, n_prompt)
+    for name, g, w in zip(('input_ids', 'position_ids', 'attn_mask'), got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape, (name, g.dtype, w.dtype, g.shape, w.shape)
+        wrong = (g != w).nonzero()
+        assert len(wrong) == 0, (f"n_prompt {n_prompt}: {name} differs first at (row, position"
+                                 f"{', key' if name == 'attn_mask' else ''}) {wrong[0].tolist()}")
+
+
 @pytest.mark.parametrize('p_bkspc', [0.0, 0.1, 0.45, 0.7])
 def test_masking_equals_the_stack_loop_exactly(p_bkspc):
-    """Byte for byte, dtypes included, with int and per-row prompts, copies of copies and runs of deletions."""
+    """With int and per-row prompts, copies of copies and runs of deletions."""
     for n_prompt in (1, 3, [1, 5, 2, 4, 1, 3]):
         prompts = n_prompt if isinstance(n_prompt, list) else [n_prompt] * 6
         tokens = torch.cat([random_trajectories(1, 50, p, BK, p_bkspc, seed=10 * k + int(100 * p_bkspc))
                             for k, p in enumerate(prompts)])
         tokens[0] = tokens[0] % BK  # row 0 by hand: copies of copies, and a run of deletions
         tokens[0, 5:13] = torch.tensor([3, BK, 4, BK, BK, 5, 6, BK])
-        got, want = backspace_inputs(tokens, BK, n_prompt), stack_loop_backspace_inputs(tokens, BK, n_prompt)
-        for name, g, w in zip(('input_ids', 'position_ids', 'attn_mask'), got, want):
-            assert g.dtype == w.dtype and g.shape == w.shape, (name, g.dtype, w.dtype, g.shape, w.shape)
-            wrong = (g != w).nonzero()
-            assert len(wrong) == 0, (f"n_prompt {n_prompt}: {name} differs first at (row, position"
-                                     f"{', key' if name == 'attn_mask' else ''}) {wrong[0].tolist()}")
+        assert_equals_stack_loop(tokens, n_prompt)
 
 
 def test_masking_equals_the_stack_loop_at_gpt2_length():
     """n = 1024 (the GPT-2 block), with few and with many backspaces (hundreds of <bkspc> counts per row)."""
     for p_bkspc in (0.02, 0.45):
-        tokens = torch.cat([random_trajectories(1, 1024, 1, BK, p_bkspc, seed=k) for k in range(3)])
-        for g, w in zip(backspace_inputs(tokens, BK, 1), stack_loop_backspace_inputs(tokens, BK, 1)):
-            assert g.dtype == w.dtype and torch.equal(g, w), p_bkspc
+        assert_equals_stack_loop(torch.cat([random_trajectories(1, 1024, 1, BK, p_bkspc, seed=k) for k in range(3)]), 1)
 
 
 # ----------------------------------------------------------------------------- rollouts (generate)
