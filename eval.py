@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import GPT
+from model import GPT, load_checkpoint
 from seqmatch import generate
 from tokenizer import Tokenizer
 
@@ -197,7 +197,7 @@ for out_dir in out_dirs.split(','):
     torch.manual_seed(seed)  # every checkpoint sees the same prompts and val batches
     model, meta = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
     model.eval()
-    config = torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=False)['config']
+    config = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))['config']
     data_dir = os.path.join('data', config['dataset'])
     tokenizer = Tokenizer(meta)
     name = f"{out_dir} ({config['objective']})"

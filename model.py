@@ -9,6 +9,8 @@ With none of them given, forward() is ordinary causal language modelling.
 
 import math
 import os
+import pickle
+import re
 from dataclasses import dataclass
 
 import torch
@@ -221,10 +223,9 @@ class GPT(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device='cpu'):
-        """A model saved by train.py, and the dataset's meta (vocabulary, bkspc_id, eos_id)."""
-        if not os.path.exists(path):
-            raise SystemExit(f"no checkpoint at {path}: train one first (python train.py ...)")
-        checkpoint = torch.load(path, map_location=device, weights_only=False)
+        """A model saved by train.py, and the dataset's meta (vocabulary, bkspc_id, eos_id).
+        Raises what load_checkpoint raises."""
+        checkpoint = load_checkpoint(path, device)
         model = cls(GPTConfig(**checkpoint['model_args']))
         model.load_state_dict(checkpoint['model'])
         return model.to(device), checkpoint['meta']
@@ -238,3 +239,19 @@ class GPT(nn.Module):
         ]
         fused = device_type == 'cuda'  # the fused AdamW kernel exists for CUDA only
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+
+def load_checkpoint(path, device='cpu'):
+    """The dict that train.py saved at path. Loading runs no code the file carries: a pickle can call any
+    function, so only tensors, numbers, strings, lists, tuples and dicts are read (weights_only=True), which
+    is all that train.py saves. FileNotFoundError if there is no file; pickle.UnpicklingError, with a
+    one-line message naming the file, if it holds anything else."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}: train one first (python train.py ...)")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's message is a page of advice; the line that matters:
+        what = re.search(r'WeightsUnpickler error: ([^.\n]*)', str(e))  # e.g. "Unsupported global: GLOBAL exec ..."
+        raise pickle.UnpicklingError(f"refused to load {path}: it holds more than tensors, numbers, strings, lists "
+                                     f"and dicts{f' ({what.group(1)})' if what else ''}, and reading that could "
+                                     f"run code") from None

@@ -14,13 +14,14 @@ objective = 'seqmatch': bc alone for bc_warmup_iters, then sm_weight * L_SM + (1
                         refreshed every sample_interval iterations) in one forward pass.
 """
 
+import contextlib
 import json
 import math
 import os
+import pickle
 import queue
 import threading
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, load_checkpoint
 from seqmatch import backspace_inputs, bc_loss, generate, noisy_rows, seqmatch_loss
 from tokenizer import Tokenizer, load_meta
 
@@ -122,7 +123,7 @@ if dtype != 'float32' and device_type != 'cuda':
     print(f"dtype {dtype} is only used on CUDA here; falling back to float32 on {device_type}")
     dtype = 'float32'
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
+ctx = contextlib.nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
 if master_process:
     print(f"device {device}, dtype {dtype}, {ddp_world_size} process(es); data tokens per iteration: {tokens_per_iter:,}")
@@ -233,11 +234,20 @@ def next_batch():
     return batch
 
 
+def load(path):
+    """A checkpoint's dict (see model.load_checkpoint); a file that is missing or refused stops with one line."""
+    try:
+        return load_checkpoint(path)
+    except (FileNotFoundError, pickle.UnpicklingError) as e:
+        raise SystemExit(str(e))
+
+
 # model init
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                   vocab_size=meta['vocab_size'], dropout=dropout)
 iter_num = 0
 best_val_loss = 1e9
+saved_iter = None  # the iteration that ckpt_path holds, once this run has one
 checkpoint = None
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 if init_from == 'scratch':
@@ -247,11 +257,11 @@ elif init_from == 'resume':
     print_once(f"resuming training from {ckpt_path}")
     if not os.path.exists(ckpt_path):
         raise SystemExit(f"init_from='resume' but there is no checkpoint at {ckpt_path}")
-    checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=False)
+    checkpoint = load(ckpt_path)
     model_args = checkpoint['model_args']  # the architecture must match the checkpoint
     model = GPT(GPTConfig(**model_args))
     model.load_state_dict(checkpoint['model'])
-    iter_num = checkpoint['iter_num']
+    iter_num = saved_iter = checkpoint['iter_num']
     best_val_loss = checkpoint['best_val_loss']
 elif init_from.startswith('gpt2'):
     print_once(f"initializing from OpenAI GPT-2 weights: {init_from}")
@@ -266,7 +276,7 @@ else:
     print_once(f"fine-tuning the weights of {init_from}")
     if not os.path.exists(init_from):
         raise SystemExit(f"init_from={init_from!r} is not 'scratch', 'resume', 'gpt2*' or an existing checkpoint file")
-    source = torch.load(init_from, map_location='cpu', weights_only=False)
+    source = load(init_from)
     model_args = dict(source['model_args'], dropout=dropout)
     state = source['model']
     if model_args['vocab_size'] < meta['vocab_size']:  # a model without a <bkspc> row: add one
@@ -378,8 +388,33 @@ def get_lr(it):
     return min_lr + coeff * (learning_rate - min_lr)
 
 
+def last_good():
+    """What a stop leaves behind, for its message."""
+    if saved_iter is None:
+        return "this run saved no checkpoint"
+    return f"{ckpt_path} still holds the last good checkpoint (iter {saved_iter})"
+
+
+def write_checkpoint(checkpoint):
+    """Written to a temporary file, then renamed: an interrupted save never leaves a broken ckpt.pt, and a
+    failed one (a full disk, no permission, a vanished out_dir) stops the run with the previous one intact."""
+    tmp_path = ckpt_path + '.tmp'
+    try:
+        with open(tmp_path, 'wb') as f:  # a file of ours, not a path: torch reports a failed write of f as
+            torch.save(checkpoint, f)     # a RuntimeError whose __context__ is the OSError that says why
+        os.replace(tmp_path, ckpt_path)
+    except (OSError, RuntimeError) as e:
+        why = e if isinstance(e, OSError) else e.__context__ or e
+        with contextlib.suppress(OSError):  # a half-written file would keep the space it took
+            os.remove(tmp_path)
+        raise SystemExit(f"stopping: saving the checkpoint of iter {iter_num} to {tmp_path} failed "
+                         f"({getattr(why, 'strerror', None) or why}); {last_good()}")
+    print(f"saved checkpoint to {ckpt_path}")
+
+
 def save_checkpoint():
-    """Written to a temporary file, then renamed: an interrupted save never leaves a broken ckpt.pt."""
+    """Everything saved is tensors, numbers, strings, lists and dicts: model.load_checkpoint reads nothing else."""
+    global saved_iter
     # what each process needs to continue exactly: its random streams and its replay buffer
     state = {'rng': torch.get_rng_state(), 'batch_rng': batch_rng_state, 'replay': replay,
              'cuda_rng': torch.cuda.get_rng_state() if device_type == 'cuda' else None}
@@ -387,17 +422,13 @@ def save_checkpoint():
     if ddp:
         processes = [None] * ddp_world_size
         torch.distributed.all_gather_object(processes, state)
-    if not master_process:
-        return
-    checkpoint = {
-        'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
-        'model_args': model_args, 'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
-        'meta': meta, 'processes': processes,
-    }
-    os.makedirs(out_dir, exist_ok=True)
-    torch.save(checkpoint, ckpt_path + '.tmp')
-    os.replace(ckpt_path + '.tmp', ckpt_path)
-    print(f"saved checkpoint to {ckpt_path}")
+    if master_process:
+        write_checkpoint({
+            'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+            'model_args': model_args, 'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
+            'meta': meta, 'processes': processes,
+        })
+    saved_iter = iter_num
 
 
 def duration(seconds):
@@ -444,8 +475,7 @@ while True:
         if ddp:  # every process stops together, or the others would wait for it forever in the next collective
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         if not finite.item():
-            raise SystemExit(f"stopping: the evaluation loss is not finite at iteration {iter_num}; "
-                             f"{ckpt_path} still holds the last good checkpoint")
+            raise SystemExit(f"stopping: the evaluation loss is not finite at iteration {iter_num}; {last_good()}")
         best_val_loss = min(best_val_loss, losses['val'])
         if iter_num > 0 and not eval_only:
             save_checkpoint()
@@ -473,8 +503,7 @@ while True:
         if ddp:  # every process stops together, or the others would wait for it forever
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         if not finite.item():
-            raise SystemExit(f"stopping: the loss is not finite ({loss.item()}) at iteration {iter_num}; "
-                             f"{ckpt_path} still holds the last good checkpoint")
+            raise SystemExit(f"stopping: the loss is not finite ({loss.item()}) at iteration {iter_num}; {last_good()}")
         scaler.scale(loss / gradient_accumulation_steps).backward()
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)

@@ -14,7 +14,25 @@ OFFLINE_DATA = os.environ.get('SEQMATCH_OFFLINE_DATA')
 if OFFLINE_DATA and 'TIKTOKEN_CACHE_DIR' not in os.environ:
     os.environ['TIKTOKEN_CACHE_DIR'] = os.path.abspath(os.path.join(OFFLINE_DATA, 'tiktoken_cache'))
 
-from model import GPT, GPTConfig  # noqa: E402
+from model import GPT, GPTConfig, load_checkpoint  # noqa: E402
+
+# settings that make train.py take a second or two: the end-to-end tests add theirs after these
+TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4', '--eval_iters=2',
+        '--log_interval=5', '--warmup_iters=5', '--lr_decay_iters=40', '--prompt_len=8', '--model_batch_size=2',
+        '--rollouts_per_sample=4', '--sample_interval=5', '--buffer_size=8', '--device=cpu']
+
+
+def run(script, *args, check=True, launcher=(sys.executable,)):
+    """Run one of the repository's scripts (or `-c`) from the repository root, as a user would."""
+    result = subprocess.run([*launcher, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def checkpoint(out_dir):
+    """The ckpt.pt that train.py wrote into out_dir, read as every script reads it."""
+    return load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY, run
 from data.arithmetic.noise import wrong_digit_noise
 from seqmatch import add_noise, apply_backspaces
-from test_train import TINY, run
 
 QUESTION = re.compile(r"In base (\d+), what is (\d+) ([+-]) (\d+)\?")
 

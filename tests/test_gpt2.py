@@ -6,9 +6,8 @@ import random
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, TINY, run
 from model import GPT
-from test_train import TINY, run
 
 
 def test_bpe_shakespeare_token_counts(shakespeare_char, gpt2_bpe):

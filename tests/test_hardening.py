@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, TINY, run
 from seqmatch import add_noise, backspace_inputs, noisy_rows, random_noise
-from test_train import TINY, run
 
 BK = 19  # <bkspc> in a vocabulary of 20: base tokens 0..18
 

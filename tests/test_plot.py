@@ -1,7 +1,7 @@
 """plot.py draws the curves of real train.py logs, and says what to install without matplotlib."""
 import pytest
 
-from test_train import TINY, run
+from conftest import TINY, run
 
 
 def test_plot_draws_runs_side_by_side(shakespeare_char, tmp_path):

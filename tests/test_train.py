@@ -8,18 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
-
-TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4', '--eval_iters=2',
-        '--log_interval=5', '--warmup_iters=5', '--lr_decay_iters=40', '--prompt_len=8', '--model_batch_size=2',
-        '--rollouts_per_sample=4', '--sample_interval=5', '--buffer_size=8', '--device=cpu']
-
-
-def run(script, *args, check=True, launcher=(sys.executable,)):
-    result = subprocess.run([*launcher, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{script} failed:\n{result.stdout}\n{result.stderr}")
-    return result
+from conftest import TINY, checkpoint, run
 
 
 @pytest.mark.parametrize('objective', ['mle', 'bc', 'seqmatch'])
@@ -30,7 +19,7 @@ def test_train_then_sample(shakespeare_char, tmp_path, objective):
     assert 'step 20: train loss' in result.stdout
     assert os.path.exists(os.path.join(out, 'ckpt.pt')) and not os.path.exists(os.path.join(out, 'ckpt.pt.tmp'))
     if objective == 'mle':  # --help lists exactly the settings a run records
-        assert set(help_settings('train.py')) == set(final_weights(out)['config'])
+        assert set(help_settings('train.py')) == set(checkpoint(out)['config'])
     assert 'iter 15: loss' in result.stdout and 'elapsed, ETA' in result.stdout
     rows = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
     assert [r['iter'] for r in rows if 'val_loss' in r] == [0, 10, 20]
@@ -47,10 +36,6 @@ def test_train_then_sample(shakespeare_char, tmp_path, objective):
     assert sample.stdout.count('ROMEO:') >= 2 and '---------------' in sample.stdout
 
 
-def final_weights(out):
-    return torch.load(os.path.join(out, 'ckpt.pt'), weights_only=False)
-
-
 def test_resume_continues_exactly(shakespeare_char, tmp_path, monkeypatch):
     # bit for bit needs one thread: with several, PyTorch's CPU kernels may split a sum differently from one
     # run to the next (weights 1e-8 apart were seen once in CI), which is not what this test is about
@@ -59,11 +44,11 @@ def test_resume_continues_exactly(shakespeare_char, tmp_path, monkeypatch):
     straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
     run('train.py', *args, f'--out_dir={straight}', '--max_iters=20')
     run('train.py', *args, f'--out_dir={stopped}', '--max_iters=10')
-    half = final_weights(stopped)
+    half = checkpoint(stopped)
     assert half['iter_num'] == 10 and len(half['optimizer']['state']) > 0
     result = run('train.py', *args, f'--out_dir={stopped}', '--max_iters=20', '--init_from=resume')
     assert 'iter 15:' in result.stdout and 'iter 5:' not in result.stdout  # it went on from iteration 10
-    a, b = final_weights(straight), final_weights(stopped)
+    a, b = checkpoint(straight), checkpoint(stopped)
     assert b['iter_num'] == 20
     for name in a['model']:
         assert torch.equal(a['model'][name], b['model'][name]), f"{name} differs after resuming"
@@ -126,12 +111,12 @@ def test_trained_model_deletes_rare_characters(shakespeare_char, tmp_path):
 def test_diverging_loss_stops_without_touching_the_checkpoint(shakespeare_char, tmp_path):
     out = str(tmp_path)
     run('train.py', f'--out_dir={out}', '--objective=bc', '--max_iters=4', '--eval_interval=4', *TINY)
-    good = final_weights(out)
+    good = checkpoint(out)
     result = run('train.py', f'--out_dir={out}', '--objective=bc', '--max_iters=40', '--eval_interval=4',
                  '--init_from=resume', '--learning_rate=1e30', '--grad_clip=0.0', *TINY, check=False)
     assert result.returncode != 0
     assert 'not finite' in result.stderr and 'still holds the last good checkpoint' in result.stderr
-    after = final_weights(out)
+    after = checkpoint(out)
     assert after['iter_num'] == 4
     assert all(torch.equal(good['model'][k], after['model'][k]) for k in good['model'])
 
