@@ -15,13 +15,13 @@ objective = 'seqmatch': bc alone for bc_warmup_iters, then sm_weight * L_SM + (1
 """
 
 import contextlib
+import itertools
 import json
 import math
 import os
 import pickle
-import queue
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -127,7 +127,7 @@ ctx = contextlib.nullcontext() if dtype == 'float32' else torch.autocast(device_
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
 if master_process:
     print(f"device {device}, dtype {dtype}, {ddp_world_size} process(es); data tokens per iteration: {tokens_per_iter:,}")
-torch.manual_seed(seed + ddp_rank)  # each process draws its own batches
+torch.manual_seed(seed + ddp_rank)  # each process draws its own rollouts, replay rows, dropout and evaluation batches
 if device_type == 'cuda':
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -138,19 +138,9 @@ meta = load_meta(data_dir)
 bkspc_id, eos_id = meta['bkspc_id'], meta['eos_id']
 n_actions = bkspc_id + 1  # base vocabulary + <bkspc>; logits above are embedding padding
 
-# Training batches are built in a background thread while the model computes on the previous one, so the
-# noise, the masking and the pinning stay off the critical path (nanoGPT overlaps only its copy). The thread
-# draws from a generator of its own; the global one (rollouts, the replay draw, dropout, evaluation
-# batches) stays on the main thread, drawn in the same order whatever the thread does. Each batch comes
-# with the state of the thread's generator after it was built, and a checkpoint saves that state for the
-# last batch used: a resumed run rebuilds exactly the batches that were prefetched but never used.
-batch_rng = torch.Generator().manual_seed(seed + ddp_rank + 1_000_000)  # not a copy of the global stream
-
-noise_fn = None
 if noise == 'ground_truth':
     assert meta.get('task') == 'arithmetic', "noise='ground_truth' exists for the arithmetic task only"
     from data.arithmetic.noise import wrong_digit_noise  # the one dataset with noise of its own
-    noise_fn = wrong_digit_noise(meta, batch_rng)  # it runs in the batch thread, off the global generator
 print_once = print if master_process else (lambda *a, **k: None)
 
 
@@ -167,24 +157,28 @@ def data_rows(split, n_rows, length, generator=None):
     return windows(split, torch.randint(n_tokens - length, (n_rows,), generator=generator), length)
 
 
+def suffix_ends(suffix):
+    """(n,) every position of the training data right after an occurrence of suffix (a list of token ids)."""
+    data = np.fromfile(os.path.join(data_dir, 'train.bin'), dtype=np.uint16)
+    hit = np.ones(len(data) - len(suffix) + 1, dtype=bool)
+    for k, tok in enumerate(suffix):
+        hit &= data[k:len(data) - len(suffix) + 1 + k] == tok
+    return torch.from_numpy(np.nonzero(hit)[0] + len(suffix))
+
+
+prompt_ends = None  # where a rollout prompt may end: anywhere (None), or right after prompt_suffix
+if objective == 'seqmatch' and prompt_suffix:
+    prompt_ends = suffix_ends(Tokenizer(meta).encode(prompt_suffix))
+    prompt_ends = prompt_ends[prompt_ends >= prompt_len]
+    assert len(prompt_ends) > 0, f"prompt_suffix {prompt_suffix!r} never occurs in the training data"
+
+
 def rollout_prompts(n_rows):
-    """(n_rows, prompt_len) windows of the training data that end with prompt_suffix."""
-    if not prompt_suffix:
+    """(n_rows, prompt_len) windows of the training data that end where a prompt may end."""
+    if prompt_ends is None:
         return data_rows('train', n_rows, prompt_len)
     ends = prompt_ends[torch.randint(len(prompt_ends), (n_rows,))]
     return windows('train', ends - prompt_len, prompt_len)
-
-
-if objective == 'seqmatch' and prompt_suffix:  # every place in the training data where a prompt may end
-    suffix = Tokenizer(meta).encode(prompt_suffix)
-    train_data = np.fromfile(os.path.join(data_dir, 'train.bin'), dtype=np.uint16)
-    hit = np.ones(len(train_data) - len(suffix) + 1, dtype=bool)
-    for k, tok in enumerate(suffix):
-        hit &= train_data[k:len(train_data) - len(suffix) + 1 + k] == tok
-    prompt_ends = torch.from_numpy(np.nonzero(hit)[0] + len(suffix))
-    prompt_ends = prompt_ends[prompt_ends >= prompt_len]
-    assert len(prompt_ends) > 0, f"prompt_suffix {prompt_suffix!r} never occurs in the training data"
-    del train_data
 
 
 def to_device(*tensors):
@@ -199,39 +193,42 @@ def clean_batch(split):
     return to_device(rows[:, :-1], rows[:, 1:])
 
 
-def train_batch(generator):
-    """The data rows of one training micro-batch, as CPU tensors: x, y for mle; otherwise the noise-augmented
-    rows (tokens, actions, valid, see noisy_rows; the first token is the prompt) and their backspace-masked
-    inputs (input_ids, position_ids, attn_mask)."""
+def train_batch(it, micro_step):
+    """Micro-batch micro_step of iteration it, as CPU tensors: x, y for mle; otherwise the noise-augmented data
+    rows (tokens, actions, valid, see noisy_rows; the first token is the prompt) and their backspace-masked inputs
+    (input_ids, position_ids, attn_mask). A function of its index: everything random in it is drawn from a
+    generator seeded by (seed, rank, it, micro_step), so a resumed run rebuilds the same batches from iter_num."""
+    index = np.random.SeedSequence([seed, ddp_rank, it, micro_step])  # mixes the four into one well-spread seed
+    g = torch.Generator().manual_seed(int(index.generate_state(1, np.uint64)[0]))
     if objective == 'mle':
-        rows = data_rows('train', batch_size, block_size + 1, generator)
-        return [rows[:, :-1], rows[:, 1:]]
-    rows = data_rows('train', batch_size, block_size, generator)
-    tokens, actions, valid = noisy_rows(rows, p_noise, bkspc_id, eos_id, noise_fn, generator)
-    return [tokens, actions, valid, *backspace_inputs(tokens, bkspc_id, 1)]
+        rows = data_rows('train', batch_size, block_size + 1, g)
+        batch = [rows[:, :-1], rows[:, 1:]]
+    else:
+        rows = data_rows('train', batch_size, block_size, g)
+        noise_fn = wrong_digit_noise(meta, g) if noise == 'ground_truth' else None
+        tokens, actions, valid = noisy_rows(rows, p_noise, bkspc_id, eos_id, noise_fn, g)
+        batch = [tokens, actions, valid, *backspace_inputs(tokens, bkspc_id, 1)]
+    if device_type == 'cuda':  # pinned memory lets the copy to the GPU overlap with compute
+        batch = [t.pin_memory() for t in batch]
+    return batch
 
 
-def prefetch(batches, n_batches):
-    """Thread body: put (batch, batch_rng's state after it) into the queue, n_batches times."""
-    for _ in range(n_batches):
-        try:
-            batch = train_batch(batch_rng)
-        except Exception as e:  # raised again in the main thread, which would otherwise wait forever
-            batches.put(e)
-            return
-        if device_type == 'cuda':  # pinned memory lets the copy to the GPU overlap with compute
-            batch = [t.pin_memory() for t in batch]
-        batches.put((batch, batch_rng.get_state()))
+def micro_batches(start):
+    """train_batch of every micro-step from iteration start on, in order. Each is built in a background thread
+    while the model computes on the one before, so the noise, the masking and the pinning stay off the critical
+    path (nanoGPT overlaps only its copy); the global generator stays with the main thread."""
+    indices = itertools.product(range(start, max_iters), range(gradient_accumulation_steps))
+    builder = ThreadPoolExecutor(max_workers=1)
+    upcoming = builder.submit(train_batch, *next(indices))
+    for index in indices:
+        batch, upcoming = upcoming.result(), builder.submit(train_batch, *index)  # result(): raises what it raised
+        yield batch
+    yield upcoming.result()
 
 
 def next_batch():
-    """The next prefetched training batch: a list of CPU tensors (see train_batch)."""
-    global batch_rng_state
-    item = batches.get()
-    if isinstance(item, Exception):
-        raise item
-    batch, batch_rng_state = item
-    return batch
+    """The next training micro-batch: a list of CPU tensors (see train_batch)."""
+    return next(batches)
 
 
 def load(path):
@@ -296,15 +293,14 @@ replay = {'tokens': torch.empty(0, block_size, dtype=torch.long), 'valid': torch
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
     scaler.load_state_dict(checkpoint['scaler'])
-    if len(checkpoint['processes']) == ddp_world_size:  # each process's batches continue as if never stopped
+    if len(checkpoint['processes']) == ddp_world_size:  # each process's random stream continues as if never stopped
         state = checkpoint['processes'][ddp_rank]
         torch.set_rng_state(state['rng'])
-        batch_rng.set_state(state['batch_rng'])
         if state['cuda_rng'] is not None and device_type == 'cuda':
             torch.cuda.set_rng_state(state['cuda_rng'])
     else:
         print_once(f"resuming with {ddp_world_size} process(es) instead of {len(checkpoint['processes'])}: "
-                   f"new random streams, the first process's replay buffer")
+                   f"new random streams for the rollouts, the first process's replay buffer")
         state = checkpoint['processes'][0]
     replay = state['replay']
 checkpoint = None  # free up memory
@@ -415,8 +411,9 @@ def write_checkpoint(checkpoint):
 def save_checkpoint():
     """Everything saved is tensors, numbers, strings, lists and dicts: model.load_checkpoint reads nothing else."""
     global saved_iter
-    # what each process needs to continue exactly: its random streams and its replay buffer
-    state = {'rng': torch.get_rng_state(), 'batch_rng': batch_rng_state, 'replay': replay,
+    # what each process needs to continue exactly: its random stream and its replay buffer (its batches need
+    # nothing: they are a function of their index)
+    state = {'rng': torch.get_rng_state(), 'replay': replay,
              'cuda_rng': torch.cuda.get_rng_state() if device_type == 'cuda' else None}
     processes = [state]
     if ddp:
@@ -451,11 +448,7 @@ def log_row(row):
 
 
 # training loop
-batch_rng_state = batch_rng.get_state()  # as of the last batch used: what a checkpoint saves
-batches = queue.Queue(maxsize=2)
-if not eval_only:  # exactly the micro-batches this run will use, so the thread ends with the loop
-    n_batches = max(max_iters - iter_num, 0) * gradient_accumulation_steps
-    threading.Thread(target=prefetch, args=(batches, n_batches), daemon=True).start()
+batches = micro_batches(iter_num)
 t0 = t_start = time.time()
 local_iter_num = 0  # iterations in this process's lifetime
 rollout_time = 0.0  # seconds spent sampling since the last log
@@ -499,11 +492,6 @@ while True:
         if ddp:  # only sync gradients at the last micro step
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         loss, stats = compute_loss(use_sm)
-        finite = torch.isfinite(loss.detach()).float()
-        if ddp:  # every process stops together, or the others would wait for it forever
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        if not finite.item():
-            raise SystemExit(f"stopping: the loss is not finite ({loss.item()}) at iteration {iter_num}; {last_good()}")
         scaler.scale(loss / gradient_accumulation_steps).backward()
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)
@@ -514,6 +502,14 @@ while True:
 
     iter_num += 1
     local_iter_num += 1
+    if iter_num % log_interval == 0:
+        # the loop's one host sync, where the loss is read anyway: a loss that is not finite stops the run here,
+        # before it reaches a checkpoint (and the evaluation before each save checks the weights as well)
+        finite = torch.isfinite(loss.detach()).float()
+        if ddp:  # every process stops together, or the others would wait for it forever
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not finite.item():
+            raise SystemExit(f"stopping: the loss is not finite ({loss.item()}) at iteration {iter_num}; {last_good()}")
     if iter_num % log_interval == 0 and master_process:
         t1 = time.time()
         dt = (t1 - t0) / log_interval  # per iteration, sampling included
@@ -536,9 +532,6 @@ while True:
 
 if master_process and not eval_only:
     print(f"done in {duration(time.time() - t_start)}: best val loss {best_val_loss:.4f}; checkpoint in {ckpt_path}")
-if ddp:  # a cheap check that DDP did its job: every process ends with the same weights
-    checksums = [None] * ddp_world_size
-    torch.distributed.all_gather_object(checksums, sum(p.double().sum().item() for p in raw_model.parameters()))
-    print_once(f"DDP: weight checksums of the {ddp_world_size} processes differ by {max(checksums) - min(checksums)}")
+if ddp:
     torch.distributed.barrier()  # no process tears down gloo while another is still talking to it
     destroy_process_group()

@@ -2,17 +2,15 @@
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 from contextlib import contextmanager
 
 import numpy as np
-import pytest
 import torch
 
 from conftest import ROOT, TINY, run
-from seqmatch import add_noise, backspace_inputs, noisy_rows, random_noise
+from seqmatch import add_noise, noisy_rows, random_noise
 
 BK = 19  # <bkspc> in a vocabulary of 20: base tokens 0..18
 
@@ -65,49 +63,6 @@ def test_noisy_rows_cut_on_a_noise_token_drop_its_transition():
     assert valid.tolist() == [[False, True, True, True, False, True]]
     tokens, actions, valid = noisy_rows(torch.tensor([[5, 6, 7, 8]]), 1.0, bkspc_id=10, noise_fn=every_time)
     assert tokens.tolist() == [[5, 9, 10, 6]] and valid.tolist() == [[False, True, True, True]]  # cut on data
-
-
-POISON_RANK_1 = """
-import os, runpy, sys
-import torch
-import torch.nn.functional as F
-if os.environ['RANK'] == '1':  # this process alone sees a non-finite evaluation loss
-    cross_entropy = F.cross_entropy
-    def poisoned(*args, **kwargs):
-        loss = cross_entropy(*args, **kwargs)
-        return loss if torch.is_grad_enabled() else loss * float('inf')  # evaluation runs under no_grad
-    F.cross_entropy = poisoned
-sys.argv = ['train.py'] + sys.argv[1:]
-sys.path.insert(0, os.getcwd())  # the repository, as when train.py is run directly
-runpy.run_path('train.py', run_name='__main__')
-"""
-
-
-def test_ddp_non_finite_evaluation_on_one_process_stops_both(shakespeare_char, tmp_path):
-    """Two gloo processes, started as torchrun would; only rank 1's evaluation loss is infinite."""
-    script = tmp_path / 'poison_rank_1.py'
-    script.write_text(POISON_RANK_1)
-    with socket.socket() as s:  # a free port for the rendezvous
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    args = [sys.executable, str(script), 'config/shakespeare_seqmatch.py', f'--out_dir={tmp_path / "out"}',
-            '--max_iters=4', '--eval_interval=2', *TINY]
-    procs = []
-    for rank in (0, 1):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', MASTER_ADDR='127.0.0.1',
-                   MASTER_PORT=str(port), OMP_NUM_THREADS='1')
-        procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
-    try:
-        results = [p.communicate(timeout=120) for p in procs]
-    except subprocess.TimeoutExpired:
-        pytest.fail("a process hung after the other stopped")
-    finally:
-        for p in procs:
-            p.kill()
-    for p, (out, err) in zip(procs, results):
-        assert p.returncode != 0
-        assert 'the evaluation loss is not finite at iteration 0' in err, err
 
 
 def test_resume_into_sequencematch_off_a_refresh_boundary(shakespeare_char, tmp_path):

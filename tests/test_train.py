@@ -1,9 +1,6 @@
 """End-to-end runs of the real scripts (train.py, sample.py) on tiny settings, as subprocesses."""
 import json
 import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -81,15 +78,6 @@ def test_missing_checkpoint_and_unknown_prompt_characters(shakespeare_char, tmp_
     result = run('sample.py', f'--out_dir={out}', '--start=Hello wörld €', check=False)
     assert result.returncode != 0
     assert "characters not in the vocabulary: 'ö', '€'" in result.stderr
-
-
-def test_torchrun_two_processes_agree(shakespeare_char, tmp_path):
-    torchrun = shutil.which('torchrun') or pytest.fail('torchrun not found next to torch')
-    result = run('train.py', 'config/shakespeare_seqmatch.py', f'--out_dir={tmp_path}', '--max_iters=6',
-                 '--eval_interval=6', '--bc_warmup_iters=2', *TINY,
-                 launcher=(torchrun, '--standalone', '--nproc_per_node=2'))
-    assert '2 process(es)' in result.stdout
-    assert 'DDP: weight checksums of the 2 processes differ by 0.0' in result.stdout
 
 
 def test_trained_model_deletes_rare_characters(shakespeare_char, tmp_path):

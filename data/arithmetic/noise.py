@@ -12,8 +12,8 @@ PROBLEM = re.compile(r"In base (\d+), what is [^?\n]*\? (-?\d*\n?)")  # group 2:
 
 def wrong_digit_noise(meta, generator=None):
     """noise_fn(tokens (n,)) -> (n,) for seqmatch.add_noise: inside an answer, a digit of its base other
-    than the true character; -1 (no noise) everywhere else. Draws from generator (train.py's batch thread
-    passes its own)."""
+    than the true character; -1 (no noise) everywhere else. Draws from generator alone: train.py makes one
+    noise_fn per micro-batch, with that batch's generator, so the noise too is a function of the batch's index."""
     stoi, itos = meta['stoi'], meta['itos']
 
     def noise_fn(tokens):
