@@ -19,7 +19,8 @@ def _set_config(key, value, where):
     if isinstance(default, float) and type(value) is int:
         value = float(value)  # --learning_rate=1 means 1.0
     if type(value) is not type(default):
-        raise SystemExit(f"config error: {key}={value!r} in {where} should be a {type(default).__name__} "
+        name = type(default).__name__
+        raise SystemExit(f"config error: {key}={value!r} in {where} should be {'an' if name[0] in 'aeiou' else 'a'} {name} "
                          f"like the default {default!r}")
     globals()[key] = value
 

@@ -3,7 +3,8 @@ Training curves of one or more runs side by side, read from each run's out_dir/l
 writes it): the val loss, the backspace rate of the rollouts, and the reward gap between data and
 rollouts (reward_data - reward_model), against the iteration. One PNG; a dotted line marks where
 SequenceMatch switched on. MLE and BC runs have no rollouts, so they appear in the val loss only.
-$ python plot.py out-shakespeare-char-mle out-shakespeare-char-bc out-shakespeare-seqmatch --output=plot.png
+$ python plot.py out-shakespeare-char-mle out-shakespeare-char-bc out-shakespeare-seqmatch
+writes out-shakespeare-char-mle/plot.png (the first run's out_dir; --output=... to choose).
 Needs matplotlib, an optional extra (pip install -r requirements-extra.txt).
 """
 import argparse
@@ -12,8 +13,9 @@ import os
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument('out_dirs', nargs='+', metavar='OUT_DIR', help="runs of train.py (each with a log.jsonl)")
-parser.add_argument('--output', default='plot.png', help='the PNG to write')
+parser.add_argument('--output', help="the PNG to write (default: plot.png in the first OUT_DIR)")
 args = parser.parse_args()
+output = args.output or os.path.join(args.out_dirs[0], 'plot.png')  # beside the runs, not in the repository
 try:
     import matplotlib
     matplotlib.use('Agg')  # write a file, open no window
@@ -49,5 +51,5 @@ for out_dir in args.out_dirs:
         ax.set_xlabel('iteration')
 axes[0].legend()
 fig.tight_layout()
-fig.savefig(args.output, dpi=80)
-print(f"wrote {args.output}")
+fig.savefig(output, dpi=80)
+print(f"wrote {output}")

@@ -9,9 +9,17 @@ import pickle
 
 
 def load_meta(data_dir):
+    """The meta.pkl of a prepared dataset. FileNotFoundError if there is none: saying which prepare.py to run,
+    or, if data_dir has none, which datasets there are."""
     path = os.path.join(data_dir, 'meta.pkl')
     if not os.path.exists(path):
-        raise SystemExit(f"no prepared data in {data_dir}: run python {os.path.join(data_dir, 'prepare.py')} first")
+        prepare = os.path.join(data_dir, 'prepare.py')
+        if os.path.exists(prepare):
+            raise FileNotFoundError(f"no prepared data in {data_dir}: run python {prepare} first")
+        data = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
+        datasets = sorted(d for d in os.listdir(data) if os.path.exists(os.path.join(data, d, 'prepare.py')))
+        raise FileNotFoundError(f"no dataset at {data_dir}: the datasets are {', '.join(datasets)} (data/<name>/, "
+                                f"each with a prepare.py), or a folder that a prepare.py wrote (--out_dir=...)")
     with open(path, 'rb') as f:
         return pickle.load(f)
 

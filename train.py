@@ -20,13 +20,13 @@ import json
 import math
 import os
 import pickle
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model import GPT, GPTConfig, load_checkpoint
@@ -106,7 +106,7 @@ ddp = int(os.environ.get('RANK', -1)) != -1  # launched by torchrun?
 if device == 'auto':
     device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 if ddp:
-    init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
+    torch.distributed.init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
     ddp_rank = int(os.environ['RANK'])
     ddp_local_rank = int(os.environ['LOCAL_RANK'])
     ddp_world_size = int(os.environ['WORLD_SIZE'])
@@ -116,33 +116,51 @@ if ddp:
     master_process = ddp_rank == 0  # this process does the logging, checkpointing etc.
 else:
     ddp_rank, ddp_world_size, master_process = 0, 1, True
+print_once = print if master_process else (lambda *a, **k: None)
 device_type = 'cuda' if device.startswith('cuda') else device  # for autocast
 if dtype == 'auto':
     dtype = 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
 if dtype != 'float32' and device_type != 'cuda':
-    print(f"dtype {dtype} is only used on CUDA here; falling back to float32 on {device_type}")
+    print_once(f"dtype {dtype} is only used on CUDA here; falling back to float32 on {device_type}")
     dtype = 'float32'
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
 ctx = contextlib.nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
-if master_process:
-    print(f"device {device}, dtype {dtype}, {ddp_world_size} process(es); data tokens per iteration: {tokens_per_iter:,}")
-torch.manual_seed(seed + ddp_rank)  # each process draws its own rollouts, replay rows, dropout and evaluation batches
+print_once(f"device {device}, dtype {dtype}, {ddp_world_size} process(es); data tokens per iteration: {tokens_per_iter:,}")
+torch.manual_seed(seed + ddp_rank)  # each process its own rollouts, replay draws, dropout and evaluation batches
 if device_type == 'cuda':
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 
+def or_exit(load, path):
+    """load(path); what a user can fix (a missing file, a checkpoint refused as unsafe) stops with one line."""
+    try:
+        return load(path)
+    except (FileNotFoundError, pickle.UnpicklingError) as e:
+        raise SystemExit(str(e))
+
+def duration(seconds):
+    """e.g. 2m05s, or 3h07m for long runs."""
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
 # data: nanoGPT's uint16 memmaps, plus the ids that SequenceMatch needs
 data_dir = os.path.join('data', dataset)
-meta = load_meta(data_dir)
+meta = or_exit(load_meta, data_dir)
 bkspc_id, eos_id = meta['bkspc_id'], meta['eos_id']
 n_actions = bkspc_id + 1  # base vocabulary + <bkspc>; logits above are embedding padding
-
 if noise == 'ground_truth':
     assert meta.get('task') == 'arithmetic', "noise='ground_truth' exists for the arithmetic task only"
     from data.arithmetic.noise import wrong_digit_noise  # the one dataset with noise of its own
-print_once = print if master_process else (lambda *a, **k: None)
-
+prompt_ends = None  # where a rollout prompt may end: anywhere (None), or right after each prompt_suffix in the data
+if objective == 'seqmatch' and prompt_suffix:
+    suffix = Tokenizer(meta).encode(prompt_suffix)
+    train_data = np.memmap(os.path.join(data_dir, 'train.bin'), dtype=np.uint16, mode='r')
+    hits = np.lib.stride_tricks.sliding_window_view(train_data, len(suffix)) == suffix  # (n - len(suffix) + 1, len)
+    ends = np.flatnonzero(hits.all(axis=1)) + len(suffix)
+    prompt_ends = torch.from_numpy(ends[ends >= prompt_len])
+    assert len(prompt_ends) > 0, f"prompt_suffix {prompt_suffix!r} never occurs in the training data"
 
 def windows(split, starts, length):
     """(len(starts), length) windows of the split's tokens beginning at starts, on the CPU."""
@@ -150,28 +168,10 @@ def windows(split, starts, length):
     data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
     return torch.stack([torch.from_numpy(data[i:i + length].astype(np.int64)) for i in starts])
 
-
 def data_rows(split, n_rows, length, generator=None):
     """(n_rows, length) windows at random offsets of the split."""
     n_tokens = os.path.getsize(os.path.join(data_dir, f'{split}.bin')) // 2  # uint16
     return windows(split, torch.randint(n_tokens - length, (n_rows,), generator=generator), length)
-
-
-def suffix_ends(suffix):
-    """(n,) every position of the training data right after an occurrence of suffix (a list of token ids)."""
-    data = np.fromfile(os.path.join(data_dir, 'train.bin'), dtype=np.uint16)
-    hit = np.ones(len(data) - len(suffix) + 1, dtype=bool)
-    for k, tok in enumerate(suffix):
-        hit &= data[k:len(data) - len(suffix) + 1 + k] == tok
-    return torch.from_numpy(np.nonzero(hit)[0] + len(suffix))
-
-
-prompt_ends = None  # where a rollout prompt may end: anywhere (None), or right after prompt_suffix
-if objective == 'seqmatch' and prompt_suffix:
-    prompt_ends = suffix_ends(Tokenizer(meta).encode(prompt_suffix))
-    prompt_ends = prompt_ends[prompt_ends >= prompt_len]
-    assert len(prompt_ends) > 0, f"prompt_suffix {prompt_suffix!r} never occurs in the training data"
-
 
 def rollout_prompts(n_rows):
     """(n_rows, prompt_len) windows of the training data that end where a prompt may end."""
@@ -180,24 +180,15 @@ def rollout_prompts(n_rows):
     ends = prompt_ends[torch.randint(len(prompt_ends), (n_rows,))]
     return windows('train', ends - prompt_len, prompt_len)
 
-
 def to_device(*tensors):
     if device_type == 'cuda':  # pinned memory lets the copy overlap with compute
         return [t.pin_memory().to(device, non_blocking=True) for t in tensors]
     return [t.to(device) for t in tensors]
 
-
-def clean_batch(split):
-    """x, y: (batch_size, block_size) inputs and next-token targets for plain language modelling."""
-    rows = data_rows(split, batch_size, block_size + 1)
-    return to_device(rows[:, :-1], rows[:, 1:])
-
-
 def train_batch(it, micro_step):
-    """Micro-batch micro_step of iteration it, as CPU tensors: x, y for mle; otherwise the noise-augmented data
-    rows (tokens, actions, valid, see noisy_rows; the first token is the prompt) and their backspace-masked inputs
-    (input_ids, position_ids, attn_mask). A function of its index: everything random in it is drawn from a
-    generator seeded by (seed, rank, it, micro_step), so a resumed run rebuilds the same batches from iter_num."""
+    """Micro-batch micro_step of iteration it, as CPU tensors: x, y for mle; otherwise the noisy data rows (tokens,
+    actions, valid; see noisy_rows) and their masked inputs (input_ids, position_ids, attn_mask). A function of its
+    index: a resumed run rebuilds the same batches from iter_num, with no generator state saved or handed over."""
     index = np.random.SeedSequence([seed, ddp_rank, it, micro_step])  # mixes the four into one well-spread seed
     g = torch.Generator().manual_seed(int(index.generate_state(1, np.uint64)[0]))
     if objective == 'mle':
@@ -212,11 +203,9 @@ def train_batch(it, micro_step):
         batch = [t.pin_memory() for t in batch]
     return batch
 
-
 def micro_batches(start):
-    """train_batch of every micro-step from iteration start on, in order. Each is built in a background thread
-    while the model computes on the one before, so the noise, the masking and the pinning stay off the critical
-    path (nanoGPT overlaps only its copy); the global generator stays with the main thread."""
+    """train_batch of each micro-step from iteration start on, each built in a background thread while the model
+    computes on the one before: the noise, the masking and the pinning stay off the critical path."""
     indices = itertools.product(range(start, max_iters), range(gradient_accumulation_steps))
     builder = ThreadPoolExecutor(max_workers=1)
     upcoming = builder.submit(train_batch, *next(indices))
@@ -225,41 +214,33 @@ def micro_batches(start):
         yield batch
     yield upcoming.result()
 
-
 def next_batch():
     """The next training micro-batch: a list of CPU tensors (see train_batch)."""
     return next(batches)
 
-
-def load(path):
-    """A checkpoint's dict (see model.load_checkpoint); a file that is missing or refused stops with one line."""
-    try:
-        return load_checkpoint(path)
-    except (FileNotFoundError, pickle.UnpicklingError) as e:
-        raise SystemExit(str(e))
-
-
 # model init
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                   vocab_size=meta['vocab_size'], dropout=dropout)
-iter_num = 0
-best_val_loss = 1e9
+iter_num, best_val_loss, elapsed_before = 0, 1e9, 0.0  # elapsed_before: seconds of training before a resume
 saved_iter = None  # the iteration that ckpt_path holds, once this run has one
 checkpoint = None
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 if init_from == 'scratch':
-    print_once(f"initializing a new model from scratch")
+    print_once("initializing a new model from scratch")
     model = GPT(GPTConfig(**model_args))
 elif init_from == 'resume':
-    print_once(f"resuming training from {ckpt_path}")
-    if not os.path.exists(ckpt_path):
-        raise SystemExit(f"init_from='resume' but there is no checkpoint at {ckpt_path}")
-    checkpoint = load(ckpt_path)
+    checkpoint = or_exit(load_checkpoint, ckpt_path)
+    missing = {'model', 'optimizer', 'scaler', 'model_args', 'iter_num', 'best_val_loss', 'processes'} - set(checkpoint)
+    if missing:  # an early train.py's checkpoint; later ones resume, whatever else they hold (a batch thread's state)
+        raise SystemExit(f"{ckpt_path} is from an older train.py (no {', '.join(sorted(missing))}) and cannot be "
+                         f"resumed; start a new run from its weights with --init_from={ckpt_path} --out_dir=...")
     model_args = checkpoint['model_args']  # the architecture must match the checkpoint
     model = GPT(GPTConfig(**model_args))
     model.load_state_dict(checkpoint['model'])
     iter_num = saved_iter = checkpoint['iter_num']
     best_val_loss = checkpoint['best_val_loss']
+    elapsed_before = checkpoint.get('elapsed_s', 0.0)  # 0 for checkpoints from before it was saved
+    print_once(f"resuming training from {ckpt_path} at iter {iter_num}, {duration(elapsed_before)} elapsed before")
 elif init_from.startswith('gpt2'):
     print_once(f"initializing from OpenAI GPT-2 weights: {init_from}")
     model = GPT.from_pretrained(init_from, dict(dropout=dropout))
@@ -273,7 +254,7 @@ else:
     print_once(f"fine-tuning the weights of {init_from}")
     if not os.path.exists(init_from):
         raise SystemExit(f"init_from={init_from!r} is not 'scratch', 'resume', 'gpt2*' or an existing checkpoint file")
-    source = load(init_from)
+    source = or_exit(load_checkpoint, init_from)
     model_args = dict(source['model_args'], dropout=dropout)
     state = source['model']
     if model_args['vocab_size'] < meta['vocab_size']:  # a model without a <bkspc> row: add one
@@ -312,7 +293,6 @@ if compile:
 if ddp:
     model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
 
-
 @torch.no_grad()
 def estimate_loss():
     """Cross-entropy of the policy (base vocabulary + <bkspc>) on clean train and val text."""
@@ -321,14 +301,14 @@ def estimate_loss():
     for split in ('train', 'val'):
         losses = torch.zeros(eval_iters)
         for k in range(eval_iters):
-            x, y = clean_batch(split)
+            rows = data_rows(split, batch_size, block_size + 1)  # clean text, at random offsets
+            x, y = to_device(rows[:, :-1], rows[:, 1:])
             with ctx:
                 logits, _ = model(x)
             losses[k] = F.cross_entropy(logits[..., :n_actions].flatten(0, 1).float(), y.flatten())
         out[split] = losses.mean().item()
     model.train()
     return out
-
 
 @torch.no_grad()
 def refresh_rollouts():
@@ -343,7 +323,6 @@ def refresh_rollouts():
     raw_model.train()
     replay = {k: torch.cat([replay[k], v.cpu()])[-buffer_size:] for k, v in (('tokens', tokens), ('valid', valid))}
     return ((tokens == bkspc_id) & valid).sum().item() / max(valid.sum().item(), 1)
-
 
 def compute_loss(use_sm):
     """The loss of one micro-batch and a dict of stats for the log."""
@@ -373,7 +352,6 @@ def compute_loss(use_sm):
     stats['bc'] = loss_bc.detach()
     return sm_weight * loss_sm + (1 - sm_weight) * loss_bc, stats
 
-
 def get_lr(it):
     if it < warmup_iters:  # linear warm-up
         return learning_rate * (it + 1) / (warmup_iters + 1)
@@ -383,36 +361,20 @@ def get_lr(it):
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # from 1 down to 0
     return min_lr + coeff * (learning_rate - min_lr)
 
-
 def last_good():
     """What a stop leaves behind, for its message."""
     if saved_iter is None:
         return "this run saved no checkpoint"
+    if not os.path.exists(ckpt_path):  # out_dir was removed under the run
+        return f"its last checkpoint (iter {saved_iter}) is gone from {out_dir} as well"
     return f"{ckpt_path} still holds the last good checkpoint (iter {saved_iter})"
 
-
-def write_checkpoint(checkpoint):
-    """Written to a temporary file, then renamed: an interrupted save never leaves a broken ckpt.pt, and a
-    failed one (a full disk, no permission, a vanished out_dir) stops the run with the previous one intact."""
-    tmp_path = ckpt_path + '.tmp'
-    try:
-        with open(tmp_path, 'wb') as f:  # a file of ours, not a path: torch reports a failed write of f as
-            torch.save(checkpoint, f)     # a RuntimeError whose __context__ is the OSError that says why
-        os.replace(tmp_path, ckpt_path)
-    except (OSError, RuntimeError) as e:
-        why = e if isinstance(e, OSError) else e.__context__ or e
-        with contextlib.suppress(OSError):  # a half-written file would keep the space it took
-            os.remove(tmp_path)
-        raise SystemExit(f"stopping: saving the checkpoint of iter {iter_num} to {tmp_path} failed "
-                         f"({getattr(why, 'strerror', None) or why}); {last_good()}")
-    print(f"saved checkpoint to {ckpt_path}")
-
-
 def save_checkpoint():
-    """Everything saved is tensors, numbers, strings, lists and dicts: model.load_checkpoint reads nothing else."""
+    """Every process calls it. Written to a temporary file, then renamed: an interrupted save never leaves a broken
+    ckpt.pt, and a failed one (a full disk, no permission, a vanished out_dir) stops with the previous one intact.
+    It holds tensors, numbers, strings, lists and dicts only: all that model.load_checkpoint reads."""
     global saved_iter
-    # what each process needs to continue exactly: its random stream and its replay buffer (its batches need
-    # nothing: they are a function of their index)
+    # what each process needs to continue exactly: its random stream and its replay buffer (batches need nothing)
     state = {'rng': torch.get_rng_state(), 'replay': replay,
              'cuda_rng': torch.cuda.get_rng_state() if device_type == 'cuda' else None}
     processes = [state]
@@ -420,20 +382,24 @@ def save_checkpoint():
         processes = [None] * ddp_world_size
         torch.distributed.all_gather_object(processes, state)
     if master_process:
-        write_checkpoint({
+        checkpoint = {
             'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
             'model_args': model_args, 'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
-            'meta': meta, 'processes': processes,
-        })
+            'meta': meta, 'processes': processes, 'elapsed_s': elapsed_before + time.time() - t_start,
+        }
+        tmp_path = ckpt_path + '.tmp'
+        try:
+            with open(tmp_path, 'wb') as f:  # a file, not a path: torch then reports a failed write as a
+                torch.save(checkpoint, f)     # RuntimeError whose __context__ is the OSError that says why
+            os.replace(tmp_path, ckpt_path)
+        except (OSError, RuntimeError) as e:
+            why = e if isinstance(e, OSError) else e.__context__ or e
+            with contextlib.suppress(OSError):  # a half-written file would keep the space it took
+                os.remove(tmp_path)
+            raise SystemExit(f"stopping: saving the checkpoint of iter {iter_num} to {tmp_path} failed "
+                             f"({getattr(why, 'strerror', None) or why}); {last_good()}")
+        print(f"saved checkpoint to {ckpt_path}")
     saved_iter = iter_num
-
-
-def duration(seconds):
-    """e.g. 2m05s, or 3h07m for long runs."""
-    minutes, seconds = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
-
 
 log_path = os.path.join(out_dir, 'log.jsonl')  # every logged number, one JSON object a line (plot.py reads it)
 if master_process:
@@ -441,14 +407,25 @@ if master_process:
     if init_from != 'resume':
         open(log_path, 'w').close()  # a new run starts a new log; a resumed one appends to its own
 
-
 def log_row(row):
-    with open(log_path, 'a') as f:
-        f.write(json.dumps(row) + '\n')
+    try:
+        with open(log_path, 'a') as f:
+            f.write(json.dumps(row) + '\n')
+    except OSError as e:  # a full disk, a vanished out_dir: as for a failed save
+        raise SystemExit(f"stopping: writing {log_path} failed ({e.strerror}); {last_good()}")
 
+def on_ctrl_c(signum, frame):
+    """The first Ctrl-C asks the loop to save and stop; a second one stops at once."""
+    global ctrl_c
+    ctrl_c = True
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    when = 'at the next log line, where the processes agree on it' if ddp else 'after this iteration'
+    print_once(f"Ctrl-C: saving a checkpoint {when}; Ctrl-C again to stop at once, unsaved", flush=True)
 
 # training loop
 batches = micro_batches(iter_num)
+ctrl_c = stop = False  # Ctrl-C pressed in this process; all processes agreed to stop
+signal.signal(signal.SIGINT, on_ctrl_c)  # under torchrun, each process gets the Ctrl-C as a SIGINT of its own
 t0 = t_start = time.time()
 local_iter_num = 0  # iterations in this process's lifetime
 rollout_time = 0.0  # seconds spent sampling since the last log
@@ -473,6 +450,11 @@ while True:
         if iter_num > 0 and not eval_only:
             save_checkpoint()
     if eval_only or iter_num >= max_iters:
+        break
+    if stop:  # after a Ctrl-C; here, after the evaluation that may be due, so that resuming is exact
+        if saved_iter != iter_num:
+            save_checkpoint()
+        print_once(f"interrupted at iter {iter_num}, saved; continue with --init_from=resume")
         break
 
     use_sm = objective == 'seqmatch' and iter_num >= bc_warmup_iters
@@ -502,36 +484,38 @@ while True:
 
     iter_num += 1
     local_iter_num += 1
-    if iter_num % log_interval == 0:
+    if iter_num % log_interval == 0 or (ctrl_c and not ddp):
         # the loop's one host sync, where the loss is read anyway: a loss that is not finite stops the run here,
-        # before it reaches a checkpoint (and the evaluation before each save checks the weights as well)
-        finite = torch.isfinite(loss.detach()).float()
+        # before it reaches a checkpoint (the evaluation before each save checks the weights too); under DDP the
+        # processes also agree here on a Ctrl-C, which each of them gets at another moment
+        flags = torch.stack([~torch.isfinite(loss.detach()), torch.tensor(ctrl_c, device=device)]).float()
         if ddp:  # every process stops together, or the others would wait for it forever
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        if not finite.item():
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        diverged, stop = flags.tolist()
+        if diverged:
             raise SystemExit(f"stopping: the loss is not finite ({loss.item()}) at iteration {iter_num}; {last_good()}")
     if iter_num % log_interval == 0 and master_process:
         t1 = time.time()
-        dt = (t1 - t0) / log_interval  # per iteration, sampling included
-        t0 = t1
+        dt, t0 = (t1 - t0) / log_interval, t1  # per iteration, sampling included
         row = {'iter': iter_num, 'loss': loss.item(), 'ms_per_iter': dt * 1000,
-               'sampling_ms': rollout_time / log_interval * 1000, 'data_tok_per_s': tokens_per_iter / dt}
-        row.update({k: v.item() for k, v in stats.items()})
-        if use_sm:
-            row['bkspc_rate'] = bkspc_rate
-        row['elapsed_s'] = t1 - t_start
-        row['eta_s'] = dt * (max_iters - iter_num)  # at the speed of the last log_interval iterations
+               'sampling_ms': rollout_time / log_interval * 1000, 'data_tok_per_s': tokens_per_iter / dt,
+               **{k: v.item() for k, v in stats.items()}, **({'bkspc_rate': bkspc_rate} if use_sm else {}),
+               'elapsed_s': elapsed_before + t1 - t_start,
+               # at this process's average speed, evaluations and sampling included: steady, where the last few
+               # iterations' speed swings with whatever else runs on the machine
+               'eta_s': (t1 - t_start) / local_iter_num * (max_iters - iter_num)}
         rollout_time = 0.0
-        line = f"iter {iter_num}: loss {row['loss']:.4f}, {row['ms_per_iter']:.1f} ms/iter"
-        line += f" (sampling {row['sampling_ms']:.1f}), {row['data_tok_per_s']:,.0f} data tok/s"
-        line += ''.join(f", {k} {row[k]:.4f}" for k in stats)
-        if use_sm:
-            line += f", bkspc rate {bkspc_rate:.3f}"
-        print(line + f", {duration(row['elapsed_s'])} elapsed, ETA {duration(row['eta_s'])}")
+        print(f"iter {iter_num}: loss {row['loss']:.4f}, {row['ms_per_iter']:.1f} ms/iter (sampling "
+              f"{row['sampling_ms']:.1f}), {row['data_tok_per_s']:,.0f} data tok/s"
+              + ''.join(f", {k} {row[k]:.4f}" for k in stats) + (f", bkspc rate {bkspc_rate:.3f}" if use_sm else '')
+              + f", {duration(row['elapsed_s'])} elapsed, ETA {duration(row['eta_s'])}")
         log_row(row)
 
-if master_process and not eval_only:
-    print(f"done in {duration(time.time() - t_start)}: best val loss {best_val_loss:.4f}; checkpoint in {ckpt_path}")
+if master_process and not eval_only and not stop:
+    print(f"done in {duration(elapsed_before + time.time() - t_start)}: best val loss {best_val_loss:.4f}; "
+          f"checkpoint in {ckpt_path}")
 if ddp:
     torch.distributed.barrier()  # no process tears down gloo while another is still talking to it
-    destroy_process_group()
+    torch.distributed.destroy_process_group()
+if stop:
+    raise SystemExit(130)  # the shell's code for a run stopped by Ctrl-C

@@ -1,11 +1,15 @@
 """Checkpoints: loading one runs no code, a failed save loses nothing, and a run continues from one exactly."""
 import os
 import pickle
+import re
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import TINY, checkpoint, run
+from conftest import ROOT, TINY, checkpoint, run
 from model import GPT, load_checkpoint
 
 
@@ -76,3 +80,68 @@ def test_a_failed_save_loses_nothing_and_says_so(shakespeare_char, tmp_path):
     assert not os.path.exists(tmp), "the half-written file is still there, holding the space it took"
     assert (out / 'ckpt.pt').read_bytes() == before
     assert checkpoint(out)['iter_num'] == 4
+
+
+def test_ctrl_c_saves_and_the_run_continues_exactly(shakespeare_char, tmp_path, monkeypatch):
+    """Ctrl-C mid-run saves where the run is (the batch thread is one batch ahead by then), and resuming from
+    there gives the weights of a run that was never stopped. One thread: bit for bit needs it (see
+    test_resume_continues_exactly)."""
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    args = ['train.py', 'config/shakespeare_seqmatch.py', '--eval_interval=10', '--bc_warmup_iters=5', *TINY]
+    stopped, straight = tmp_path / 'stopped', tmp_path / 'straight'
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    proc = subprocess.Popen([sys.executable, *args, f'--out_dir={stopped}', '--max_iters=100000'], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith('iter 5:'):  # training, well before the end
+                proc.send_signal(signal.SIGINT)
+                break
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    stop = re.search(r'^interrupted at iter (\d+), saved; continue with --init_from=resume$', out, re.M)
+    assert stop, out + err
+    assert proc.returncode == 130 and 'Traceback' not in err, err
+    n = int(stop.group(1))
+    saved = checkpoint(stopped)
+    assert saved['iter_num'] == n and saved['elapsed_s'] > 0
+    result = run(*args, f'--out_dir={stopped}', f'--max_iters={n + 6}', '--init_from=resume')
+    assert f'resuming training from {stopped}/ckpt.pt at iter {n}, ' in result.stdout
+    run(*args, f'--out_dir={straight}', f'--max_iters={n + 6}')
+    a, b = checkpoint(straight), checkpoint(stopped)
+    assert b['iter_num'] == n + 6
+    for name in a['model']:
+        assert torch.equal(a['model'][name], b['model'][name]), f"{name} differs after resuming"
+    assert torch.equal(a['processes'][0]['replay']['tokens'], b['processes'][0]['replay']['tokens'])
+    assert b['elapsed_s'] > saved['elapsed_s']  # the clock went on from the stop, not from zero
+
+
+def test_older_checkpoints_resume_or_say_why_not(shakespeare_char, tmp_path):
+    run('train.py', f'--out_dir={tmp_path / "now"}', '--objective=bc', '--max_iters=4', '--eval_interval=4', *TINY)
+    now = checkpoint(tmp_path / 'now')
+    # as the batch thread saved them: its generator's state in each process, no elapsed time
+    batch_thread = dict(now, processes=[dict(p, batch_rng=torch.get_rng_state()) for p in now['processes']])
+    del batch_thread['elapsed_s']
+    (tmp_path / 'batch_thread').mkdir()
+    torch.save(batch_thread, tmp_path / 'batch_thread' / 'ckpt.pt')
+    result = run('train.py', f'--out_dir={tmp_path / "batch_thread"}', '--objective=bc', '--max_iters=6',
+                 '--eval_interval=4', '--init_from=resume', *TINY)
+    assert f'at iter 4, 0m00s elapsed before' in result.stdout and 'iter 5:' in result.stdout
+    # as the first train.py saved them: the random state and the replay buffer at the top, no scaler
+    first = {k: v for k, v in now.items() if k not in ('processes', 'scaler')}
+    first.update(rng=[now['processes'][0]['rng']], replay=now['processes'][0]['replay'])
+    (tmp_path / 'first').mkdir()
+    torch.save(first, tmp_path / 'first' / 'ckpt.pt')
+    result = run('train.py', f'--out_dir={tmp_path / "first"}', '--init_from=resume', *TINY, check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip() == (f"{tmp_path}/first/ckpt.pt is from an older train.py (no processes, scaler) and "
+                                     f"cannot be resumed; start a new run from its weights with "
+                                     f"--init_from={tmp_path}/first/ckpt.pt --out_dir=...")
+
+
+def test_resuming_without_a_checkpoint_says_so_first(shakespeare_char, tmp_path):
+    result = run('train.py', f'--out_dir={tmp_path}', '--init_from=resume', *TINY, check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"no checkpoint at {tmp_path}/ckpt.pt: train one first (python train.py ...)"
+    assert 'resuming training' not in result.stdout

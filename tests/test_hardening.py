@@ -2,14 +2,12 @@
 import os
 import pickle
 import signal
-import subprocess
-import sys
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 
-from conftest import ROOT, TINY, run
+from conftest import TINY, run
 from seqmatch import add_noise, noisy_rows, random_noise
 
 BK = 19  # <bkspc> in a vocabulary of 20: base tokens 0..18
@@ -74,33 +72,6 @@ def test_resume_into_sequencematch_off_a_refresh_boundary(shakespeare_char, tmp_
     result = run('train.py', 'config/shakespeare_seqmatch.py', f'--out_dir={out}', '--max_iters=6', '--eval_interval=4',
                  '--init_from=resume', '--bc_warmup_iters=1', *TINY, '--sample_interval=5')
     assert 'iter 5:' in result.stdout and 'bkspc rate' in result.stdout
-
-
-def test_resume_from_a_checkpoint_written_while_batches_were_prefetched(shakespeare_char, tmp_path, monkeypatch):
-    """The batch thread runs ahead of training: a checkpoint written mid-run must not skip the batches that
-    were built but not used yet. (At the end of a run nothing is ahead, so test_resume_continues_exactly
-    would not notice.) One thread, as in test_resume_continues_exactly: bit for bit needs it."""
-    monkeypatch.setenv('OMP_NUM_THREADS', '1')
-    args = ['train.py', 'config/shakespeare_seqmatch.py', '--eval_interval=10', '--bc_warmup_iters=5', *TINY]
-    straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
-    run(*args, f'--out_dir={straight}', '--max_iters=20')
-    # the same run, meant to go on for long, killed after its checkpoint at iteration 10
-    env = dict(os.environ, PYTHONUNBUFFERED='1')  # the same threads as the other runs: the same arithmetic
-    proc = subprocess.Popen([sys.executable, *args, f'--out_dir={stopped}', '--max_iters=1000'], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        for line in proc.stdout:
-            if line.startswith('saved checkpoint'):
-                break
-    finally:
-        proc.kill()
-        proc.wait()
-    assert torch.load(os.path.join(stopped, 'ckpt.pt'), weights_only=False)['iter_num'] == 10
-    run(*args, f'--out_dir={stopped}', '--max_iters=20', '--init_from=resume')
-    a, b = (torch.load(os.path.join(out, 'ckpt.pt'), weights_only=False) for out in (straight, stopped))
-    assert b['iter_num'] == 20
-    for name in a['model']:
-        assert torch.equal(a['model'][name], b['model'][name]), f"{name} differs after resuming"
 
 
 def test_ground_truth_noise_draws_from_the_batch_generator(tmp_path):

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from conftest import TINY, checkpoint, run
+from conftest import ROOT, TINY, checkpoint, run
 
 
 @pytest.mark.parametrize('objective', ['mle', 'bc', 'seqmatch'])
@@ -21,6 +21,9 @@ def test_train_then_sample(shakespeare_char, tmp_path, objective):
     rows = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
     assert [r['iter'] for r in rows if 'val_loss' in r] == [0, 10, 20]
     assert [r['iter'] for r in rows if 'loss' in r] == [5, 10, 15, 20]
+    for r in rows:  # the ETA runs at the average speed since the start, not at the speed of the last few iterations
+        if 'eta_s' in r:
+            assert abs(r['eta_s'] - r['elapsed_s'] / r['iter'] * (20 - r['iter'])) < 1e-6, r
     if objective == 'seqmatch':
         assert 'reward_model' in result.stdout and 'bkspc rate' in result.stdout  # SequenceMatch was on
         assert 'iter 10: SequenceMatch switches on: the loss now includes the SequenceMatch terms' in result.stdout
@@ -58,15 +61,21 @@ def test_unknown_config_key_is_a_clear_error(tmp_path):
     assert result.returncode != 0
     assert "unknown key 'learning_rat'" in result.stderr
     result = run('train.py', f'--out_dir={out}', '--max_iters=ten', check=False)
-    assert result.returncode != 0 and 'max_iters' in result.stderr and 'int' in result.stderr
+    assert result.returncode != 0
+    assert "max_iters='ten' in --max_iters should be an int like the default" in result.stderr
     assert not out.exists()
 
 
-def test_missing_data_is_a_clear_error(tmp_path):
+def test_an_unknown_dataset_lists_the_datasets_there_are(tmp_path):
     out = tmp_path / 'never'
     result = run('train.py', '--dataset=no_such_dataset', f'--out_dir={out}', check=False)
     assert result.returncode != 0
-    assert 'run python data/no_such_dataset/prepare.py first' in result.stderr
+    message = result.stderr.strip()
+    assert '\n' not in message and 'no_such_dataset/prepare.py' not in message, message
+    listed = message.split('the datasets are ')[1].split(' (')[0].split(', ')
+    data = os.path.join(ROOT, 'data')
+    there = sorted(d for d in os.listdir(data) if os.path.exists(os.path.join(data, d, 'prepare.py')))
+    assert listed == there and 'shakespeare_char' in listed, message
     assert not out.exists()
 
 
@@ -136,7 +145,8 @@ def test_a_new_run_never_overwrites_an_earlier_one(shakespeare_char, tmp_path):
                  check=False)
     assert result.returncode != 0
     assert 'already holds a checkpoint' in result.stderr
-    assert '--init_from=resume' in result.stderr and '--out_dir=' in result.stderr and '--overwrite=True' in result.stderr
+    for way_out in ('--init_from=resume', '--out_dir=', '--overwrite=True'):
+        assert way_out in result.stderr
     assert open(os.path.join(out, 'ckpt.pt'), 'rb').read() == before
     run('train.py', f'--out_dir={out}', '--objective=mle', '--max_iters=2', '--eval_interval=2', *TINY,
         '--overwrite=True', '--seed=2')
