@@ -97,3 +97,15 @@ def test_pretrain_then_three_arms_then_eval(arithmetic, tmp_path):
         assert len(cells) == 12, row
         assert all(0 <= c <= 1 for c in cells[:10]), row  # accuracies, rates and probabilities
         assert all(math.isfinite(c) for c in cells[10:]), row  # implicit rewards
+
+
+def test_ground_truth_noise_is_a_function_of_the_batch_generator(arithmetic):
+    """train.py makes the noise of each micro-batch with that batch's generator: the same generator state gives the
+    same noise, and the global generator (rollouts, replay draws, dropout) is left alone."""
+    out, meta = arithmetic
+    data = torch.from_numpy(np.fromfile(out / 'train.bin', dtype=np.uint16).astype(np.int64))
+    global_state = torch.get_rng_state()
+    noise = [wrong_digit_noise(meta, torch.Generator().manual_seed(7))(data) for _ in range(2)]
+    assert (noise[0] >= 0).sum() > 100 and torch.equal(noise[0], noise[1])
+    assert not torch.equal(noise[0], wrong_digit_noise(meta, torch.Generator().manual_seed(8))(data))
+    assert torch.equal(torch.get_rng_state(), global_state)

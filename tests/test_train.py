@@ -1,4 +1,5 @@
 """End-to-end runs of the real scripts (train.py, sample.py) on tiny settings, as subprocesses."""
+import ast
 import json
 import os
 
@@ -26,7 +27,7 @@ def test_train_then_sample(shakespeare_char, tmp_path, objective):
             assert abs(r['eta_s'] - r['elapsed_s'] / r['iter'] * (20 - r['iter'])) < 1e-6, r
     if objective == 'seqmatch':
         assert 'reward_model' in result.stdout and 'bkspc rate' in result.stdout  # SequenceMatch was on
-        assert 'iter 10: SequenceMatch switches on: the loss now includes the SequenceMatch terms' in result.stdout
+        assert 'iter 10: SequenceMatch switches on' in result.stdout
         assert {'iter': 10, 'event': 'seqmatch_on'} in rows
         assert [r['iter'] for r in rows if 'reward_data' in r and 'bkspc_rate' in r] == [15, 20]
     else:
@@ -34,25 +35,6 @@ def test_train_then_sample(shakespeare_char, tmp_path, objective):
     sample = run('sample.py', f'--out_dir={out}', '--num_samples=2', '--max_new_tokens=50', '--show_edits=True',
                  '--start=ROMEO:')
     assert sample.stdout.count('ROMEO:') >= 2 and '---------------' in sample.stdout
-
-
-def test_resume_continues_exactly(shakespeare_char, tmp_path, monkeypatch):
-    # bit for bit needs one thread: with several, PyTorch's CPU kernels may split a sum differently from one
-    # run to the next (weights 1e-8 apart were seen once in CI), which is not what this test is about
-    monkeypatch.setenv('OMP_NUM_THREADS', '1')
-    args = ['config/shakespeare_seqmatch.py', '--eval_interval=10', '--bc_warmup_iters=5', *TINY]
-    straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
-    run('train.py', *args, f'--out_dir={straight}', '--max_iters=20')
-    run('train.py', *args, f'--out_dir={stopped}', '--max_iters=10')
-    half = checkpoint(stopped)
-    assert half['iter_num'] == 10 and len(half['optimizer']['state']) > 0
-    result = run('train.py', *args, f'--out_dir={stopped}', '--max_iters=20', '--init_from=resume')
-    assert 'iter 15:' in result.stdout and 'iter 5:' not in result.stdout  # it went on from iteration 10
-    a, b = checkpoint(straight), checkpoint(stopped)
-    assert b['iter_num'] == 20
-    for name in a['model']:
-        assert torch.equal(a['model'][name], b['model'][name]), f"{name} differs after resuming"
-    assert torch.equal(a['processes'][0]['replay']['tokens'], b['processes'][0]['replay']['tokens'])
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path):
@@ -90,11 +72,11 @@ def test_missing_checkpoint_and_unknown_prompt_characters(shakespeare_char, tmp_
 
 
 def test_trained_model_deletes_rare_characters(shakespeare_char, tmp_path):
-    """A shortened main job: the model learns to use <bkspc>, and far more often than chance after a
-    character that rarely follows the one before it in Shakespeare (a noise-like character)."""
+    """The main job, smaller and shorter (about 15 s): the model learns to use <bkspc>, and far more often than
+    chance after a character that rarely follows the one before it in Shakespeare (a noise-like character)."""
     out = str(tmp_path / 'sm')
-    run('train.py', 'config/shakespeare_seqmatch.py', f'--out_dir={out}', '--max_iters=400', '--lr_decay_iters=400',
-        '--bc_warmup_iters=200', '--eval_interval=400', '--device=cpu')
+    run('train.py', 'config/shakespeare_seqmatch.py', f'--out_dir={out}', '--n_layer=2', '--n_embd=64',
+        '--max_iters=200', '--lr_decay_iters=200', '--bc_warmup_iters=100', '--eval_interval=200', '--device=cpu')
     result = run('eval.py', f'--out_dirs={out}', '--num_samples=48', '--eval_iters=5')
     cells = result.stdout.strip().splitlines()[-1].strip('|').split('|')
     bkspc_rate, rare = float(cells[5]), float(cells[6])
@@ -133,8 +115,10 @@ def test_help_lists_every_setting_with_its_default_and_comment(script):
     assert len(settings) >= 3
     for line in settings.values():
         assert '  # ' in line, f"{script}: the setting {line!r} has no comment"
+        default = ast.literal_eval(line.split(' = ', 1)[1].split('  # ')[0])
+        assert isinstance(default, (int, float, bool, str)), f"{script}: {line!r} shows no plain default"
     if script == 'train.py':
-        assert settings['out_dir'] == "out_dir = 'out'  # where ckpt.pt goes"
+        assert settings['out_dir'].startswith("out_dir = 'out'  # ")  # the default itself, as the script has it
 
 
 def test_a_new_run_never_overwrites_an_earlier_one(shakespeare_char, tmp_path):
@@ -151,3 +135,4 @@ def test_a_new_run_never_overwrites_an_earlier_one(shakespeare_char, tmp_path):
     run('train.py', f'--out_dir={out}', '--objective=mle', '--max_iters=2', '--eval_interval=2', *TINY,
         '--overwrite=True', '--seed=2')
     assert open(os.path.join(out, 'ckpt.pt'), 'rb').read() != before  # an explicit overwrite does replace it
+
