@@ -1,6 +1,7 @@
 """End-to-end runs of the real scripts (train.py, sample.py) on tiny settings, as subprocesses."""
 import ast
 import json
+import math
 import os
 
 import pytest
@@ -136,3 +137,14 @@ def test_a_new_run_never_overwrites_an_earlier_one(shakespeare_char, tmp_path):
         '--overwrite=True', '--seed=2')
     assert open(os.path.join(out, 'ckpt.pt'), 'rb').read() != before  # an explicit overwrite does replace it
 
+
+def test_data_only_sequencematch_trains_past_the_switch_on(shakespeare_char, tmp_path):
+    """model_batch_size=0: SequenceMatch on the data rows alone, an ablation that docs/arithmetic.md reports."""
+    result = run('train.py', 'config/shakespeare_seqmatch.py', f'--out_dir={tmp_path}', '--max_iters=10',
+                 '--eval_interval=10', '--bc_warmup_iters=3', *TINY, '--model_batch_size=0')
+    assert 'iter 3: SequenceMatch switches on' in result.stdout
+    rows = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
+    trained = [r for r in rows if 'reward_data' in r]
+    assert [r['iter'] for r in trained] == [5, 10]
+    assert all(math.isfinite(r['loss']) and math.isfinite(r['reward_data']) for r in trained), trained
+    assert checkpoint(tmp_path)['iter_num'] == 10
