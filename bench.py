@@ -1,17 +1,18 @@
 """
-Speed checks for the two claims of the backspace masking (seqmatch.py, section 2), on the Shakespeare-size models:
-  (a) a training step (forward + backward) with a backspace mask costs about what a causal one does;
-  (b) rollouts with the step-synchronous KV cache beat recomputing the whole prefix every step;
-and for the batch pipeline of train.py (issue 12):
-  (c) preparing a micro-batch at GPT-2 shapes (noise, masking) next to a tiny model's step at that shape,
-      and backspace_inputs against the loop over positions it replaced (tests/test_seqmatch.py);
-  (d) the cost per row of a SequenceMatch step against an MLE step, with the rollouts amortised.
-Prints ratios. Usage: python bench.py [--which=step|rollout|pipeline|all] [--steps=30]
-(the rollout part takes ~8 minutes on 2 cores, the pipeline part ~1 minute)
+Speed checks, each printing ratios measured in the same run on the same machine:
+  (a) step:     a training step (forward + backward) with a backspace mask against a causal one;
+  (b) rollout:  rollouts with the step-synchronous KV cache against recomputing the whole prefix every step;
+  (c) pipeline: preparing a micro-batch at GPT-2 shapes (noise, masking) next to a tiny model's step there,
+                and a SequenceMatch step per row against an MLE step at the Shakespeare sizes;
+  (d) gpu:      the SequenceMatch step at GPT-2 124M shapes on CUDA (bf16), small shapes on a CPU: MLE step,
+                masked step, SequenceMatch step and MLE on equal rows; the losses alone on the same logits;
+                decoding ms/step on the first call and once warm (and HF transformers' generate on the same
+                weights, if installed); tok/s, MFU, peak memory.
+Usage: python bench.py [--which=step|rollout|pipeline|gpu|all] [--steps=30]
+(the rollout part takes ~8 minutes on 2 cores, the pipeline part ~1 minute, gpu ~1 minute on a CPU)
 """
-import os
-import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -19,12 +20,9 @@ import torch.nn.functional as F
 
 from model import GPT, GPTConfig
 from seqmatch import (add_noise, apply_backspaces, backspace_inputs, bc_loss, generate, noisy_rows, sample_next,
-                      seqmatch_loss)
+                      seqmatch_loss, soft_values)
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tests'))
-from test_seqmatch import stack_loop_backspace_inputs  # noqa: E402 (the reference, kept with its test)
-
-which = 'all'  # 'step', 'rollout', 'pipeline' or 'all'
+which = 'all'  # 'step', 'rollout', 'pipeline', 'gpu' or 'all'
 steps = 30  # timed training steps per measurement (after 3 warm-up steps); fewer are noisy on small models
 seed = 1337  # random seed of the models and inputs
 exec(open('configurator.py').read())
@@ -85,7 +83,7 @@ def generate_recompute(model, prompt, max_new_tokens, bkspc_id):
         input_ids, position_ids, attn_mask = backspace_inputs(tokens, bkspc_id, prompt.size(1))
         logits, _ = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
         policy = logits[:, -1, :bkspc_id + 1].clone()
-        depth = torch.tensor([len(apply_backspaces(row, bkspc_id)) for row in tokens])
+        depth = torch.tensor([len(apply_backspaces(row, bkspc_id)[0]) for row in tokens])
         policy[depth <= prompt.size(1), bkspc_id] = float('-inf')
         tokens = torch.cat([tokens, sample_next(policy)[:, None]], dim=1)
     return tokens
@@ -113,20 +111,9 @@ def bench_pipeline(batch_size=8, block_size=1024, p_noise=0.02):
     g = torch.Generator().manual_seed(seed)
     tokens = noisy_rows(rows, p_noise, bk, eos, generator=g)[0]
     prepare = median_time(lambda: backspace_inputs(noisy_rows(rows, p_noise, bk, eos, generator=g)[0], bk, 1), steps)
-    # The masking alone against the loop it replaced, and the floor any version pays (allocating and writing
-    # the (B, n, n) bool mask it returns), timed two ways, the two sides alternating (other processes share
-    # the CPU): back to back (warm caches: train.py's batch thread while a GPU computes) and single calls,
-    # each after the other side's (cold caches: a CPU that also runs the model)
-    candidates = dict(loop=lambda: stack_loop_backspace_inputs(tokens, bk, 1),
-                      vectorised=lambda: backspace_inputs(tokens, bk, 1),
-                      floor=lambda: np.ones((batch_size, block_size, block_size), dtype=bool))
-    warm_times, cold_times = ({name: [] for name in candidates} for _ in range(2))
-    for i in range(steps):
-        for name, fn in candidates.items():
-            cold_times[name].append(median_time(fn, 1, warmup=0))
-            if i % 3 == 0:  # a block of 1 + 3 calls
-                warm_times[name].append(median_time(fn, 3, warmup=1))
-    warm, cold = ({name: sorted(t)[len(t) // 2] for name, t in times.items()} for times in (warm_times, cold_times))
+    # the masking alone, and the floor of any version that returns this mask (allocating and writing it)
+    masking = median_time(lambda: backspace_inputs(tokens, bk, 1), steps)
+    floor = median_time(lambda: np.ones((batch_size, block_size, block_size), dtype=bool), steps)
     # a tiny model's masked training step at the same shape (char-level vocabulary: the GPT-2 head alone
     # would take seconds per step on this CPU)
     model = make_model(4, 4, 128, block_size)
@@ -137,11 +124,8 @@ def bench_pipeline(batch_size=8, block_size=1024, p_noise=0.02):
     print(f"(c) micro-batch {batch_size}x{block_size}, p_noise {p_noise}: preparing it (noise + masking) "
           f"{prepare * 1000:.1f} ms = {n / prepare:,.0f} tok/s; a 4L/128 training step at that shape "
           f"{step * 1000:.0f} ms: preparing is {prepare / step:.1%} of a step")
-    for how, t in (('back to back', warm), ('single calls', cold)):
-        print(f"(c) backspace_inputs {batch_size}x{block_size}, {how}: loop over positions {t['loop'] * 1000:.1f} ms, "
-              f"vectorised {t['vectorised'] * 1000:.2f} ms, speed-up {t['loop'] / t['vectorised']:.1f}x; writing the "
-              f"mask alone {t['floor'] * 1000:.2f} ms (no version that returns this mask can beat the loop by more "
-              f"than {t['loop'] / t['floor']:.0f}x)")
+    print(f"(c) backspace_inputs {batch_size}x{block_size}: {masking * 1000:.1f} ms, of which writing the mask "
+          f"takes at least {floor * 1000:.2f} ms")
 
 
 def bench_sm_vs_mle(batch_size=12, model_batch_size=6, block_size=64, prompt_len=16, sample_interval=10,
@@ -172,11 +156,10 @@ def bench_sm_vs_mle(batch_size=12, model_batch_size=6, block_size=64, prompt_len
         all_actions, all_valid = torch.cat([actions, rollouts]), torch.cat([valid, rollout_valid])
         is_data = torch.arange(len(all_actions)) < batch_size
         logits, _ = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
-        logits = logits[..., :BK + 1]
+        V, Q = soft_values(logits[..., :BK + 1], all_actions)
         expert = all_valid & is_data[:, None]
-        loss_sm, _ = seqmatch_loss(logits, all_actions, all_valid, expert, is_data, torch.zeros_like(all_valid),
-                                   0.998, 1.0)
-        (0.5 * loss_sm + 0.5 * bc_loss(logits, all_actions, expert)).backward()
+        loss_sm, _ = seqmatch_loss(V, Q, all_valid, expert, is_data, torch.zeros_like(all_valid), 0.998, 1.0)
+        (0.5 * loss_sm + 0.5 * bc_loss(V, Q, expert)).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -193,7 +176,169 @@ def bench_sm_vs_mle(batch_size=12, model_batch_size=6, block_size=64, prompt_len
           f"{(sm + refresh / sample_interval) / mle:.2f}x an MLE step on the same {batch_size} data rows")
 
 
-print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, fp32")
+def bench_gpu():
+    """The SequenceMatch step at GPT-2 124M shapes on CUDA (bf16 autocast), or small shapes on a CPU (fp32).
+    Every ratio compares two timings of this run on this machine."""
+    cuda = torch.cuda.is_available()
+    device = 'cuda' if cuda else 'cpu'
+    if cuda:  # GPT-2 124M, 8 data rows + 4 rollout rows of 1024 tokens; rollouts: 32 rows, 512 + 512 tokens
+        shape = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024)
+        n_data, n_model, decode_rows, prompt_len = 8, 4, 32, 512
+    else:  # the same code at a size a laptop CPU runs in seconds (GPT-2's vocabulary, a small body)
+        shape = dict(n_layer=2, n_head=4, n_embd=128, block_size=128)
+        n_data, n_model, decode_rows, prompt_len = 4, 2, 8, 64
+    n, bk, eos = shape['block_size'], 50257, 50256
+    ctx = torch.autocast('cuda', dtype=torch.bfloat16) if cuda else nullcontext()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=50304, dropout=0.0, bias=True, **shape)).to(device)
+    optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device)
+
+    def timed(fn, n_steps=steps):
+        """Median ms of fn() after 3 warm-up calls (CUDA: synchronised around each call)."""
+        times = []
+        for i in range(n_steps + 3):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+        return 1000 * sorted(times)[len(times) // 2]
+
+    # rows as train.py builds them: noisy data rows, and rollout rows of the model itself
+    data = torch.randint(0, eos, (n_data, n + 1))
+    tokens, actions, valid = noisy_rows(data[:, :n], 0.02, bk, eos)
+    model.eval()
+    rollouts, rollout_valid = generate(model, data[:n_model, :n // 2].to(device), n - n // 2, bk, eos_id=eos)
+    model.train()
+    all_tokens = torch.cat([tokens, rollouts.cpu()])
+    all_actions, all_valid = torch.cat([actions, rollouts.cpu()]), torch.cat([valid, rollout_valid.cpu()])
+    masked = [t.to(device) for t in backspace_inputs(all_tokens, bk, [1] * n_data + [n // 2] * n_model)]
+    all_actions, all_valid = all_actions.to(device), all_valid.to(device)
+    is_data = torch.arange(n_data + n_model, device=device) < n_data
+    expert = all_valid & is_data[:, None]
+    done = all_valid & (all_actions == eos)
+    x_all = torch.randint(0, eos, (n_data + n_model, n + 1), device=device)
+
+    def step(loss_fn):
+        def run():
+            with ctx:
+                loss = loss_fn()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return run
+
+    def mle(x):
+        logits, _ = model(x[:, :-1])
+        return F.cross_entropy(logits[..., :bk + 1].flatten(0, 1), x[:, 1:].flatten())
+
+    def masked_logits(rows):
+        logits, _ = model(masked[0][:rows], position_ids=masked[1][:rows], attn_mask=masked[2][:rows])
+        return soft_values(logits[..., :bk + 1], all_actions[:rows])
+
+    def masked_bc():
+        return bc_loss(*masked_logits(n_data), expert[:n_data])
+
+    def sequencematch():
+        V, Q = masked_logits(n_data + n_model)
+        loss_sm, _ = seqmatch_loss(V, Q, all_valid, expert, is_data, done, 0.998, 1.0)
+        return 0.5 * loss_sm + 0.5 * bc_loss(V, Q, expert)
+
+    t = {'MLE, causal': timed(step(lambda: mle(x_all[:n_data]))),
+         'backspace mask + bc_loss': timed(step(masked_bc)),
+         'SequenceMatch (0.5 L_SM + 0.5 L_BC)': timed(step(sequencematch)),
+         'MLE on the same rows': timed(step(lambda: mle(x_all)))}
+    n_params = sum(p.numel() for p in model.parameters())
+    flops = 6 * n_params + 12 * shape['n_layer'] * shape['n_embd'] * n  # per token, fwd + bwd (PaLM appendix B)
+    name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
+    peak = 989e12 if 'H100' in name or 'H200' in name else None  # dense bf16 FLOP/s; MFU only where we know it
+    print(f"(d) on {name}, torch {torch.__version__}, {'bf16 autocast' if cuda else 'fp32'}; "
+          f"{shape['n_layer']}L/{shape['n_embd']}, vocabulary 50304, rows of {n} tokens")
+    print(f"| step, fwd + bwd + AdamW | rows | ms | tok/s | MFU |\n|---|---|---|---|---|")
+    for (what, ms), rows in zip(t.items(), (n_data, n_data, n_data + n_model, n_data + n_model)):
+        mfu = f"{flops * rows * n / (ms / 1000) / peak:.1%}" if peak else "n/a"
+        print(f"| {what} | {rows} | {ms:.1f} | {rows * n / (ms / 1000):,.0f} | {mfu} |")
+    print(f"SequenceMatch step / MLE step on equal rows: "
+          f"{t['SequenceMatch (0.5 L_SM + 0.5 L_BC)'] / t['MLE on the same rows']:.2f}x")
+
+    # the losses alone, fwd + bwd, on the same (rows, n, 50304) logits
+    rows = n_data + n_model
+    logits = torch.randn(rows, n, 50304, device=device, dtype=torch.bfloat16 if cuda else torch.float32)
+    logits.requires_grad_()
+    targets = all_actions
+
+    def loss_time(fn):
+        def run():
+            logits.grad = None
+            fn().backward()
+        return timed(run)
+
+    def sm_and_bc():
+        V, Q = soft_values(logits[..., :bk + 1], targets)
+        return 0.5 * seqmatch_loss(V, Q, all_valid, expert, is_data, done, 0.998, 1.0)[0] + 0.5 * bc_loss(V, Q, expert)
+
+    losses = {'F.cross_entropy, unsliced logits': loss_time(lambda: F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())),
+              "train.py's MLE cross-entropy (vocabulary slice)": loss_time(lambda: F.cross_entropy(logits[..., :bk + 1].flatten(0, 1), targets.flatten())),
+              'bc_loss (soft_values)': loss_time(lambda: bc_loss(*soft_values(logits[..., :bk + 1], targets), expert)),
+              '0.5 seqmatch_loss + 0.5 bc_loss, as train.py': loss_time(sm_and_bc)}
+    print(f"\n| the loss alone, fwd + bwd on ({rows}, {n}, 50304) {logits.dtype} logits | ms |\n|---|---|")
+    for what, ms in losses.items():
+        print(f"| {what} | {ms:.1f} |")
+    ce = losses['F.cross_entropy, unsliced logits']
+    print(f"SM + BC loss / F.cross_entropy: {losses['0.5 seqmatch_loss + 0.5 bc_loss, as train.py'] / ce:.2f}x")
+
+    # memory the losses keep for the backward pass: soft_values keeps the logits themselves, and V
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x.numel() * x.element_size()) or x, lambda x: x):
+        sm_and_bc()
+    print(f"tensors saved for the backward of SM + BC: {sum(saved) / 2 ** 20:.0f} MiB; the logits are "
+          f"{logits.numel() * logits.element_size() / 2 ** 20:.0f} MiB ({logits.dtype}), an fp32 copy "
+          f"{logits.numel() * 4 / 2 ** 20:.0f} MiB")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        logits.grad = None
+        sm_and_bc().backward()
+        print(f"peak memory of SM + BC fwd + bwd above the logits: {(torch.cuda.max_memory_allocated() - base) / 2 ** 30:.2f} GiB")
+    del logits
+
+    # decoding: ms per step on the first call (each length new to the kernels) and on a second call
+    model.eval()
+    prompt = torch.randint(0, eos, (decode_rows, prompt_len), device=device)
+    new_tokens = prompt_len  # as many new tokens as the prompt has
+    decode = []
+    for _ in range(2):
+        sync()
+        t0 = time.perf_counter()
+        with ctx:
+            generate(model, prompt, new_tokens, bk)
+        sync()
+        decode.append(1000 * (time.perf_counter() - t0) / new_tokens)
+    line = (f"\ndecoding {decode_rows} rows, {prompt_len} + {new_tokens} tokens: {decode[0]:.2f} ms/step on the first "
+            f"call, {decode[1]:.2f} warm ({decode_rows / decode[1] * 1000:,.0f} tok/s)")
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        print(line + "; HF generate: transformers is not installed")
+        return
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=50304, n_positions=n, n_layer=shape['n_layer'], n_head=shape['n_head'],
+                                    n_embd=shape['n_embd'])).to(device).eval()
+    hf_times = []
+    for _ in range(2):
+        sync()
+        t0 = time.perf_counter()
+        with ctx, torch.no_grad():
+            hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                        min_new_tokens=new_tokens, do_sample=True, pad_token_id=eos)
+        sync()
+        hf_times.append(1000 * (time.perf_counter() - t0) / new_tokens)
+    print(line + f"; HF generate (random weights, same shape): {hf_times[1]:.2f} ms/step warm, ours "
+                 f"{hf_times[1] / decode[1]:.2f}x its speed")
+
+
+print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 if which in ('step', 'all'):
     bench_step(6, 6, 384, 8, 256)
     bench_step(4, 4, 128, 12, 64)
@@ -203,3 +348,5 @@ if which in ('rollout', 'all'):
 if which in ('pipeline', 'all'):
     bench_pipeline()
     bench_sm_vs_mle()
+if which in ('gpu', 'all'):
+    bench_gpu()

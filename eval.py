@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from model import GPT, load_checkpoint
-from seqmatch import generate
+from seqmatch import apply_backspaces, generate, soft_values
 from tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
@@ -40,16 +40,15 @@ if device == 'auto':
     device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 
 
-def apply_actions(actions, bkspc_id, prompt=()):
-    """The final tokens of an action sequence after a prompt and, for each <bkspc>,
-    (position in the generated text, deleted token, the token before it)."""
-    text, deletions = list(prompt), []
-    for tok in actions:
-        if tok == bkspc_id:
-            deleted = text.pop()
-            deletions.append((len(text) - len(prompt), deleted, text[-1]))
-        else:
-            text.append(tok)
+def typed_and_deleted(prompt, actions, bkspc_id):
+    """The answer a prompt's actions leave after the backspaces and, for each <bkspc>, (the index in the
+    answer at which the deleted token had been typed, that token, the token before it)."""
+    row = list(prompt) + list(actions)
+    text, deleted = apply_backspaces(row, bkspc_id, len(prompt))
+    deletions = []
+    for i in deleted:
+        state = apply_backspaces(row[:i], bkspc_id)[0]  # the text in which row[i] was typed
+        deletions.append((len(state) - len(prompt), row[i], state[-1]))
     return text[len(prompt):], deletions
 
 
@@ -81,7 +80,7 @@ def answer_questions(model, tokenizer, problems, temp, n_samples, allow_bkspc=Tr
             for k, prompt, row, ok in zip(group, prompts.tolist(), tokens[:, length:].tolist(),
                                           valid[:, length:].tolist()):
                 actions = [t for t, v in zip(row, ok) if v]
-                text, deletions = apply_actions(actions, tokenizer.bkspc_id, prompt)
+                text, deletions = typed_and_deleted(prompt, actions, tokenizer.bkspc_id)
                 target = problems[k][1] + '\n'
                 is_right = tokenizer.decode(text) == target
                 right[k] += is_right / n_samples
@@ -112,23 +111,25 @@ def mistake_detection(model, tokenizer, problems, gamma):
                              'round_trip', 'r_eos')}
     for question, answer in problems:
         prefix, target = tokenizer.encode('\n' + question + ' '), tokenizer.encode(answer + '\n')
-        # one row per (answer position i, candidate c): prefix + target[:i] + [c], padded on the right
-        # (causal attention: the padding changes nothing before it)
-        n = len(prefix) + len(target)
-        rows = [prefix + target[:i] + [c] for i in range(len(target)) for c in range(bk)]
+        # one row per (answer position i, candidate c): prefix + target[:i] + [c, <bkspc>], padded on the right
+        # (causal attention: the padding changes nothing before it). The row's tokens are its actions, so
+        # soft_values reads off Q = l(c|u) and l(<bkspc>|u + c), and V of every state, as the loss does.
+        n = len(prefix) + len(target) + 1
+        rows = [prefix + target[:i] + [c, bk] for i in range(len(target)) for c in range(bk)]
         x = torch.tensor([r + [0] * (n - len(r)) for r in rows], device=device)  # (len(target) * bk, n)
-        logits = model(x)[0][..., :bk + 1].float()  # (rows, n, A)
-        V = torch.logsumexp(logits, dim=-1)  # (rows, n)
-        probs = F.softmax(logits, dim=-1)
+        logits = model(x)[0][..., :bk + 1]  # (rows, n, A)
+        V, Q = soft_values(logits, x)  # (rows, n) each
+        probs = F.softmax(logits.float(), dim=-1)
         for i, right in enumerate(target):
             at = len(prefix) + i  # where the candidate sits
-            block = slice(i * bk, (i + 1) * bk)
+            block = slice(i * bk, (i + 1) * bk)  # row k of the block has the candidate c = k
             policy = probs[i * bk, at - 1, :bk]  # (bk,): P(c | state), the same in every row of the block
             policy = policy / policy.sum()  # among the characters it may write (not <bkspc>)
             deletes = probs[block, at, bk]  # (bk,): P(<bkspc> | state + c)
             wrong = torch.arange(bk, device=device) != right
-            l_u, V_u = logits[i * bk, at - 1, :bk], V[i * bk, at - 1]  # (bk,), (): l(c|u), V(u)
-            round_trip = (l_u - gamma * V[block, at]) + gamma * (logits[block, at, bk] - gamma * V_u)  # (bk,)
+            l_u, V_u = Q[block, at], V[i * bk, at - 1]  # (bk,), (): l(c|u), V(u)
+            # r(u, c) + gamma * r(u + c, <bkspc>), with r = Q - gamma * V(next state); <bkspc> returns to u
+            round_trip = (l_u - gamma * V[block, at]) + gamma * (Q[block, at + 1] - gamma * V_u)  # (bk,)
             stats['p_right'].append(policy[right].item())
             if i == 0:
                 stats['p_right_first'].append(policy[right].item())
@@ -169,7 +170,7 @@ def text_row(model, tokenizer, data_dir):
     texts, n_actions, deletions = [], 0, []
     for prompt, row, ok in zip(prompts.tolist(), tokens[:, prompt_len:].tolist(), valid[:, prompt_len:].tolist()):
         actions = [t for t, v in zip(row, ok) if v]
-        text, deleted = apply_actions(actions, bkspc_id, prompt)
+        text, deleted = typed_and_deleted(prompt, actions, bkspc_id)
         texts.append(tokenizer.decode(text))
         n_actions += len(actions)
         deletions += deleted

@@ -20,9 +20,12 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # exercise: (file, function or Class.method, the pytest -k selection of the tests that grade it)
 EXERCISES = {
     'apply_backspaces': ('seqmatch.py', 'apply_backspaces', 'apply_backspaces'),
+    # the stack rule, which both the masking and the rollouts run (the refusal of a bad row is checked before it)
+    'Stacks.push': ('seqmatch.py', 'Stacks.push', '(masking and not refuses) or rollout'),
     'backspace_inputs': ('seqmatch.py', 'backspace_inputs', 'masking'),
     'add_noise': ('seqmatch.py', 'add_noise', 'add_noise'),
     'generate': ('seqmatch.py', 'generate', 'rollout'),
+    'soft_values': ('seqmatch.py', 'soft_values', 'soft_values'),
     'seqmatch_loss': ('seqmatch.py', 'seqmatch_loss', 'seqmatch_loss'),
     'bc_loss': ('seqmatch.py', 'bc_loss', 'bc_loss'),
     # the rollouts run on the KV cache, so their tests grade it too

@@ -42,15 +42,17 @@ class KVCache:
 
     def update(self, layer, k, v):
         """k, v: (B, nh, T, hd), the T new positions of one layer. Writes them after the `length` cached
-        positions and returns the keys and values of all S = length + T, (B, nh, S, hd) each. (Every
-        layer writes at the same place: GPT.forward advances `length` once all layers have run.)"""
+        positions and returns the keys and values of the whole cache, (B, nh, max_len, hd) each: every call
+        attends over the same length (the same kernels each step on a GPU), and the attention mask keeps
+        each query off the positions not written yet. (Every layer writes at the same place: GPT.forward
+        advances `length` once all layers have run.)"""
         if self.kv is None:
             self.kv = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
         T = k.size(2)
         assert self.length + T <= self.shape[4], "KV cache is full"
         self.kv[layer, 0, :, :, self.length:self.length + T] = k
         self.kv[layer, 1, :, :, self.length:self.length + T] = v
-        return self.kv[layer, 0, :, :, :self.length + T], self.kv[layer, 1, :, :, :self.length + T]
+        return self.kv[layer, 0], self.kv[layer, 1]
 
 
 class CausalSelfAttention(nn.Module):
@@ -147,22 +149,23 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, position_ids=None, attn_mask=None, kv_cache=None):
         """idx: (B, T) token ids. position_ids: (B, T), default 0.. (after the cached positions).
-        attn_mask: (B, T, S) bool, True = may attend, S = cached length + T; default causal.
-        Returns logits (B, T, vocab_size) at every position and, given targets (B, T), the mean
-        cross-entropy over targets that are not -1."""
+        attn_mask: (B, T, S) bool, True = may attend; S = T without a KV cache, else the cache's max_len
+        (KVCache.update); default causal. Returns logits (B, T, vocab_size) at every position and, given
+        targets (B, T), the mean cross-entropy over targets that are not -1."""
         B, T = idx.size()
         past = kv_cache.length if kv_cache is not None else 0
-        if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=idx.device).expand(B, T)
+        S = kv_cache.shape[4] if kv_cache is not None else T  # the keys each query is scored against
         # position ids never exceed the row's length (a state is at most as long as the row), so this
         # check covers them without reading them back from the device
         assert past + T <= self.config.block_size, f"row of {past + T} tokens > block_size {self.config.block_size}"
-        if attn_mask is None and past > 0:
-            # causal attention that continues a cache: query t sees all past positions and itself
-            attn_mask = torch.ones(T, past + T, dtype=torch.bool, device=idx.device).tril(past).expand(B, T, past + T)
+        if attn_mask is None and kv_cache is not None:
+            # causal attention that continues a cache: query t sees the past positions and itself, not the unwritten rest
+            attn_mask = torch.ones(T, S, dtype=torch.bool, device=idx.device).tril(past).expand(B, T, S)
         if attn_mask is not None:
-            assert attn_mask.shape == (B, T, past + T), f"attn_mask {tuple(attn_mask.shape)} != {(B, T, past + T)}"
+            assert attn_mask.shape == (B, T, S), f"attn_mask {tuple(attn_mask.shape)} != {(B, T, S)}"
             attn_mask = attn_mask.unsqueeze(1)  # (B, 1, T, S): the same mask for every head
+        if position_ids is None:  # (T,): one lookup, broadcast over the batch
+            position_ids = torch.arange(past, past + T, device=idx.device)
 
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(position_ids))  # (B, T, C)
         for block in self.transformer.h:

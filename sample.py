@@ -9,7 +9,7 @@ import sys
 import torch
 
 from model import GPT
-from seqmatch import generate
+from seqmatch import apply_backspaces, generate
 from tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
@@ -28,7 +28,10 @@ exec(open('configurator.py').read())  # overrides from the command line or a con
 if device == 'auto':
     device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 torch.manual_seed(seed)
-model, meta = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
+try:
+    model, meta = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
+except FileNotFoundError as e:
+    raise SystemExit(f"error: {e}")
 model.eval()
 tokenizer = Tokenizer(meta)
 bkspc_id, eos_id = meta['bkspc_id'], meta['eos_id']
@@ -48,47 +51,42 @@ def sample_long(prompt):
     """Samples longer than the block: generate a block at a time, each prompted by the latest text (at
     most half a block; being the prompt, the next block cannot delete it). Returns each sample's actions."""
     block = model.config.block_size
-    texts = [list(prompt) for _ in range(num_samples)]  # the text so far, after deletions
     actions = [[] for _ in range(num_samples)]
-    ended = [False] * num_samples
     remaining = max_new_tokens
-    while remaining > 0 and not all(ended):
+    while remaining > 0 and not all(eos_id in a for a in actions):  # (eos_id None: never)
+        texts = [apply_backspaces(prompt + a, bkspc_id)[0] for a in actions]  # the text so far, after deletions
         keep = min(block // 2, min(len(t) for t in texts))  # the same prompt length for every row
         context = torch.tensor([t[len(t) - keep:] for t in texts], device=device)
         n_new = min(remaining, block - keep)
         tokens, valid = generate(model, context, n_new, bkspc_id, temperature, top_k or None, eos_id)
-        for i in range(num_samples):
-            for tok, real in zip(tokens[i, keep:].tolist(), valid[i, keep:].tolist()):
-                if real and not ended[i]:
-                    actions[i].append(tok)
-                    texts[i].pop() if tok == bkspc_id else texts[i].append(tok)
-                    ended[i] = tok == eos_id
+        for a, row, real in zip(actions, tokens[:, keep:].tolist(), valid[:, keep:].tolist()):
+            if eos_id not in a:
+                a += [tok for tok, ok in zip(row, real) if ok]
         remaining -= n_new
     return actions
 
 
 def render(actions, strike):
-    """The actions as text, with deleted tokens marked in place."""
-    pieces, live = [], []  # pieces: [text, deleted?]; live: indices of pieces not yet deleted
-    for tok in actions:
+    """The actions as text, with the deleted tokens marked where they were typed (a deleted newline as ↵)."""
+    deleted = set(apply_backspaces(prompt + actions, bkspc_id)[1])  # positions in prompt + actions
+    pieces = []
+    for j, tok in enumerate(actions, start=len(prompt)):
         if tok == bkspc_id:
-            pieces[live.pop()][1] = True
+            continue
+        text = tokenizer.token_text(tok)
+        if j not in deleted:
+            pieces.append(text)
+        elif strike:
+            pieces.append(f"\x1b[9;31m{text.replace(chr(10), '↵')}\x1b[0m")
         else:
-            live.append(len(pieces))
-            pieces.append([tokenizer.token_text(tok), False])
-    if strike:
-        return ''.join(f"\x1b[9;31m{t}\x1b[0m" if d else t for t, d in pieces)
-    return ''.join(f"[-{t}-]" if d else t for t, d in pieces)
+            pieces.append(f"[-{text.replace(chr(10), '↵')}-]")
+    return ''.join(pieces)
 
 
 with torch.no_grad():
     for actions in sample_long(prompt):
-        final = []
-        for tok in actions:
-            final.pop() if tok == bkspc_id else final.append(tok)
-        print(start + tokenizer.decode(final))
-        n_bkspc = actions.count(bkspc_id)
+        print(start + tokenizer.decode(apply_backspaces(prompt + actions, bkspc_id)[0][len(prompt):]))
         if show_edits:
-            print(f"--- with the {n_bkspc} deletion(s) shown:")
+            print(f"--- with the {actions.count(bkspc_id)} deletion(s) shown:")
             print(start + render(actions, strike=sys.stdout.isatty()))
         print('---------------')

@@ -35,22 +35,24 @@ from model import KVCache
 
 
 def apply_backspaces(tokens, bkspc_id, n_prompt=0):
-    """The text a trajectory ends in: each <bkspc> deletes the token before it. (Text may become empty
-    here; backspace_inputs refuses that, since the model needs at least one token to condition on.)
-    A <bkspc> into the prompt raises ValueError("<bkspc> at position {j} would delete into the prompt
-    (the first {n_prompt} tokens)").
-    >>> apply_backspaces([5, 6, 7, 9, 9, 8], bkspc_id=9)
-    [5, 8]"""
-    text = []
-    for j, tok in enumerate(tokens.tolist() if torch.is_tensor(tokens) else tokens):
-        if tok == bkspc_id:
-            if len(text) <= n_prompt:
-                raise ValueError(f"<bkspc> at position {j} would delete into the prompt "
-                                 f"(the first {n_prompt} tokens)")
-            text.pop()
+    """The text a trajectory ends in: each <bkspc> deletes the token before it. Returns (text, deleted):
+    the tokens left (a list), and the positions in `tokens` of the tokens that <bkspc>s deleted, in the
+    order they were deleted. (Text may become empty here; backspace_inputs refuses that, since the model
+    needs at least one token to condition on.) A <bkspc> into the prompt raises ValueError("<bkspc> at
+    position {j} would delete into the prompt (the first {n_prompt} tokens)").
+    >>> apply_backspaces([5, 6, 7, 9, 9, 8], bkspc_id=9)  # the second <bkspc> deletes 6, at position 1
+    ([5, 8], [2, 1])"""
+    stack = []  # positions in tokens of the tokens left so far
+    deleted = []
+    tokens = tokens.tolist() if torch.is_tensor(tokens) else list(tokens)
+    for j, tok in enumerate(tokens):
+        if tok != bkspc_id:
+            stack.append(j)
+        elif len(stack) <= n_prompt:
+            raise ValueError(f"<bkspc> at position {j} would delete into the prompt (the first {n_prompt} tokens)")
         else:
-            text.append(tok)
-    return text
+            deleted.append(stack.pop())
+    return [tokens[i] for i in stack], deleted
 
 # -----------------------------------------------------------------------------
 # 2. Backspace masking
@@ -61,21 +63,69 @@ def apply_backspaces(tokens, bkspc_id, n_prompt=0):
 # copy of the token now on top (same id, same position id), replacing that entry on the stack. Every
 # position attends to exactly the stack after it is processed. The copy sees what the original saw,
 # so it computes the same activations and its logits are the policy at the restored state.
-# backspace_inputs computes the stack for all rows and positions at once (the stack size is a running
-# sum of +1 per token and -1 per <bkspc>); tests/test_seqmatch.py keeps the loop over positions as the
-# reference it must equal.
+#
+# A position leaves the stack only at a <bkspc> (the one that pops it, or whose copy replaces it), so
+# one number per position says when: removed_at[i]. Query j then attends to key i exactly when
+#     i <= j  and  removed_at[i] > j.
+# Stacks applies this rule one action at a time for a batch of rows; backspace_inputs runs it over whole
+# rows for training, generate runs it step by step while sampling, so both feed the model the same thing.
+
+
+class Stacks:
+    """The stack of every row of a batch, advanced by push, one action per row per call. After the action
+    at position j of each row:
+      input_ids[:, j], position_ids[:, j]: what the model reads at position j: an ordinary token itself, at
+          the stack depth before it is pushed (its index in the state's text); a <bkspc> a copy of the
+          token left on top, with that token's position id;
+      removed_at[:, i]: the position whose <bkspc> took position i off the stack (n while it is on it).
+    All (B, n) LongTensors on the prompt's device. Starts from a prompt (B, P) of plain text, all rows as
+    long. (A slot of the stack always holds a position whose position id is the slot's index: so the
+    position id of whatever lands in slot s, pushed token or copy, is s.)"""
+
+    def __init__(self, prompt, n):
+        B, P = prompt.shape
+        device = prompt.device
+        self.n = n
+        self.input_ids = torch.zeros(B, n, dtype=torch.long, device=device)  # (B, n)
+        self.input_ids[:, :P] = prompt
+        self.position_ids = torch.arange(n, device=device).repeat(B, 1)  # (B, n): the prompt's are 0 .. P-1
+        # one spare column in the next two: a write that only a <bkspc> should make goes there otherwise
+        self.removed_at = torch.full((B, n + 1), n, device=device)  # (B, n + 1)
+        self.stack = torch.arange(n + 1, device=device).repeat(B, 1)  # (B, n + 1): stack[b, :depth[b]], bottom first
+        self.depth = torch.full((B, 1), P, device=device)  # (B, 1)
+
+    def push(self, j, action, bkspc_id):
+        """Position j of every row takes action (B,). A <bkspc> must leave at least one token on the stack."""
+        backspace = (action == bkspc_id)[:, None]  # (B, 1)
+        slot = self.depth - 2 * backspace  # (B, 1): where j goes: pushed on top, or the copy replacing the new top
+        top_and_deleted = self.stack.gather(1, torch.cat([slot, slot + 1], dim=1))  # (B, 2), if a <bkspc>
+        copied = self.input_ids.gather(1, top_and_deleted[:, :1])[:, 0]  # (B,): the token a <bkspc> copies
+        self.input_ids[:, j] = torch.where(backspace[:, 0], copied, action)
+        self.position_ids[:, j] = slot[:, 0]
+        leaving = torch.where(backspace, top_and_deleted, self.n)  # (B, 2): the spare column without a <bkspc>
+        self.removed_at.scatter_(1, leaving, j)
+        self.stack.scatter_(1, slot, j)
+        self.depth = slot + 1
+
+    @property
+    def removed(self):
+        return self.removed_at[:, :self.n]  # (B, n), without the spare column
+
+    def attends(self, j):
+        """(B, n) bool: the keys that query j attends to, the rule of section 2 (keys after j are not written yet)."""
+        return (torch.arange(self.n, device=self.removed_at.device) <= j) & (self.removed > j)
 
 
 @functools.lru_cache(maxsize=4)
 def causal_mask(n):
-    """(n, n) bool, True where i <= j: built once per length (read-only), as it costs a tenth of a mask."""
+    """(n, n) bool numpy array, True where key i <= query j: built once per length (read-only)."""
     mask = np.tri(n, dtype=bool)
     mask.setflags(write=False)
     return mask
 
 
 def backspace_inputs(tokens, bkspc_id, n_prompt):
-    """tokens: (B, n) trajectories. n_prompt: an int, or one per row.
+    """tokens: (B, n) trajectories (B may be 0). n_prompt: an int, or one per row.
 
     The stack of the comment above, as rules: an ordinary token keeps its id, and its position id is the
     stack depth before it is pushed (its index in the state's text); a <bkspc> gets the id and position
@@ -96,57 +146,29 @@ def backspace_inputs(tokens, bkspc_id, n_prompt):
      3    <       b           1       x . . x .   ab
      4    d       d           2       x . . x x   abd
 
-    Returns input_ids (B, n), position_ids (B, n) and attn_mask (B, n, n) (bool, True = may attend)
-    for GPT.forward. Raises ValueError if a <bkspc> would delete into the prompt or empty the row."""
+    Returns input_ids (B, n) and position_ids (B, n), both int64, and attn_mask (B, n, n), bool with True =
+    query j (dim 1) may attend to key i (dim 2), all three on tokens' device, for GPT.forward."""
     B, n = tokens.shape
-    assert n < 2 ** 15, "stack sizes and <bkspc> counts are int16 below (numpy sorts those by radix)"
-    n_prompt = np.array([n_prompt] * B if isinstance(n_prompt, int) else [int(p) for p in n_prompt])  # (B,)
-    tokens_np = tokens.cpu().numpy()
-    is_bkspc = tokens_np == bkspc_id  # (B, n)
-    n_bkspc = np.cumsum(is_bkspc, axis=1, dtype=np.int16)  # (B, n): how many <bkspc> up to and including j
-    # the size of the stack after position j: +1 per ordinary token, -1 per <bkspc>
-    depth = np.arange(1, n + 1, dtype=np.int16) - 2 * n_bkspc  # (B, n)
-    # a <bkspc> needs more than max(n_prompt, 1) entries on the stack before it, i.e. depth + 1
-    bad = is_bkspc & (depth < np.maximum(n_prompt, 1)[:, None])  # (B, n)
+    n_prompt = torch.tensor([n_prompt] * B if isinstance(n_prompt, int) else [int(p) for p in n_prompt], dtype=torch.long)
+    # check first: a <bkspc> at j needs more than max(n_prompt, 1) tokens on the stack before it
+    is_bkspc = (tokens == bkspc_id).cpu()  # (B, n)
+    depth = torch.arange(1, n + 1) - 2 * is_bkspc.cumsum(dim=1)  # (B, n): the stack's size after position j
+    bad = is_bkspc & (depth < n_prompt.clamp(min=1)[:, None])  # (B, n)
     if bad.any():
-        b = int(bad.any(axis=1).argmax())  # the first bad row, and its first bad position
-        j = int(bad[b].argmax())
+        b, j = bad.nonzero()[0].tolist()  # the first bad row, and its first bad position
         raise ValueError(f"row {b}: <bkspc> at position {j} would delete into the prompt "
                          f"(the first {n_prompt[b]} tokens) or leave the row empty")
-    # Position j sits in slot depth[j] - 1 of the stack: pushed there, or there as the copy of that slot's top.
-    position_ids = torch.from_numpy(depth - 1).long()  # (B, n): a slot's position id is its index, copies included
-    # The entries of one slot in time order: sort the positions by depth (stable keeps time order). The top
-    # of the stack after j is always j itself, so the <bkspc> at j pops j - 1 and its copy replaces the
-    # entry before it in its slot (a copy is never a slot's first entry: the depth first gets there from
-    # below, so that entry is in the same row). Those two are all it removes.
-    row_start = np.arange(0, B * n, n)[:, None]  # (B, 1): flat index of each row's position 0
-    order = (np.argsort(depth, axis=1, kind='stable') + row_start).ravel()  # (B * n,): flat positions by slot
-    is_copy = is_bkspc.ravel()[order]  # (B * n,): in that order
-    k = np.flatnonzero(is_copy)  # the copies' places in order; order[k - 1] is the entry each one replaces
-    copies = order[k]
-    # Every removal happens at a <bkspc>, so we count time in <bkspc>s: position i is on the stack after
-    # j >= i iff fewer <bkspc> have come by j than by the one that removes i (removed_count[i]).
-    max_count = int(n_bkspc[:, -1].max())
-    removed_count = np.full(B * n, max_count + 1, dtype=np.int16)  # (B * n,): max_count + 1 = never removed
-    removed_count[order[k - 1]] = removed_count[copies - 1] = n_bkspc.ravel()[copies]
-    # A copy repeats its slot's previous entry, which may be a copy too: the token is that of the slot's
-    # latest ordinary entry, found by a running maximum over the sorted places of ordinary entries
-    latest = np.maximum.accumulate(np.where(is_copy, 0, np.arange(B * n)))  # (B * n,): places in order
-    source = np.empty(B * n, dtype=np.int64)  # (B * n,): the ordinary position whose token position j carries
-    source[order] = order[latest]
-    input_ids = torch.from_numpy(tokens_np.ravel()[source].reshape(B, n))  # (B, n)
-    # The mask: between two <bkspc>s nothing leaves the stack, so there are only max_count + 1 different
-    # sets of positions not yet removed, one per <bkspc> count. Row j of the mask is the set for its
-    # count, n_bkspc[j], cut to the positions up to j (causal). Writing the (B, n, n) mask is most of the
-    # cost: one row copy and one cut. (numpy, not torch: torch's multi-threaded kernels, called from
-    # train.py's batch thread, slow the main thread's training step down by half on a 2-core CPU.)
-    not_removed = np.arange(max_count + 1, dtype=np.int16)[:, None] < removed_count.reshape(B, 1, n)  # (B, K + 1, n)
-    row_of_j = n_bkspc + np.arange(0, B * (max_count + 1), max_count + 1)[:, None]  # (B, n): into not_removed
-    attn_mask = not_removed.reshape(-1, n)[row_of_j.ravel()].reshape(B, n, n)  # (B, n, n)
-    attn_mask &= causal_mask(n)  # the cut to i <= j
-    attn_mask = torch.from_numpy(attn_mask)
-    device = tokens.device
-    return input_ids.to(device), position_ids.to(device), attn_mask.to(device)
+    # no <bkspc> comes before every row's prompt is read (nor at position 0): start from that much plain text
+    start = max(min(n_prompt.tolist(), default=1), 1)
+    stacks = Stacks(tokens[:, :start], n)
+    for j in range(start, n):
+        stacks.push(j, tokens[:, j], bkspc_id)
+    # the rule of section 2 for every query j (dim 1) and key i (dim 2) at once: i <= j and removed_at[i] > j.
+    # (numpy: torch would run this (B, n, n) pass on several threads, which on a busy 2-core CPU waits for
+    # the training step's threads and takes 1000x longer)
+    query = np.arange(n)[:, None]  # (n, 1)
+    attn_mask = (stacks.removed.cpu().numpy()[:, None, :] > query) & causal_mask(n)  # (B, n, n)
+    return stacks.input_ids, stacks.position_ids, torch.from_numpy(attn_mask).to(tokens.device)
 
 # -----------------------------------------------------------------------------
 # 3. Noise augmentation
@@ -221,9 +243,12 @@ def noisy_rows(rows, p_noise, bkspc_id, eos_id=None, noise_fn=None, generator=No
 # -----------------------------------------------------------------------------
 # 4. Rollouts with <bkspc>
 #
-# All rows advance one position per step, so one KV cache serves the batch. A <bkspc> step feeds the
-# copy token of section 2 and changes that row's attention mask; the rows come out already in the
-# training format, and backspace_inputs(rows) reproduces every logit used while sampling.
+# All rows advance one position per step, so one KV cache serves the batch. Each step applies the stack
+# rule of section 2 (Stacks.push) and feeds the model what it says: the newest token, or the copy token
+# at a <bkspc>. The rows come out already in the training format: backspace_inputs(rows) reproduces
+# every logit used while sampling. Every step has the same shapes (one token per row, attending over the
+# whole preallocated cache, where positions not yet written are simply not on the stack), so a GPU
+# runs every step with the same kernels.
 
 
 def sample_next(logits, temperature=1.0, top_k=None):
@@ -239,9 +264,15 @@ def sample_next(logits, temperature=1.0, top_k=None):
 
 @torch.no_grad()
 def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=None, eos_id=None, allow_bkspc=True):
-    """prompt: (B, P) token ids, all rows the same length. Returns (tokens, valid), both (B, P + max_new_tokens):
-    the prompt followed by the actions taken (<bkspc> included), and valid[:, j] = tokens[:, j] is an
-    action of the policy (False on the prompt and on the padding after a row's eos_id).
+    """prompt: (B, P) token ids of plain text (no <bkspc>), all rows the same length.
+    Returns (tokens, valid), both (B, P + max_new_tokens) on prompt's device, int64 and bool:
+    tokens is the prompt followed by the actions taken, <bkspc> included; valid[:, j] says that tokens[:, j]
+    is an action of the policy: False on the prompt and on the padding after a row's eos_id, True on the
+    eos_id action itself (its transition ends the episode and is trained on). After eos_id a row is padded
+    with eos_id (0 without an eos_id).
+    Actions are sampled from logits[..., :bkspc_id + 1] only (the base vocabulary and <bkspc>; ids above
+    are padding of the embedding table), with <bkspc> masked out (-inf) wherever only the prompt is left,
+    so a rollout never deletes its prompt.
     allow_bkspc=False never deletes: greedy decoding needs it, since after a <bkspc> the state is the one
     before the mistake and the argmax writes the same token again, forever.
     The model reads the prompt once; after that each step feeds it only the newest token (the copy token
@@ -250,49 +281,29 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
     B, P = prompt.shape
     L = P + max_new_tokens
     assert L <= model.config.block_size, f"prompt + new tokens = {L} > block_size {model.config.block_size}"
-    device = prompt.device
-    rows = torch.arange(B, device=device)
-    # after a row ends it is padded with an ordinary token, pushed like any other: no loss ever reads it
-    # and no real position attends to it (it comes after them), so it need not be masked out
     pad_id = eos_id if eos_id is not None else 0
-    tokens = torch.full((B, L), pad_id, dtype=torch.long, device=device)  # actions, as returned
+    tokens = torch.full((B, L), pad_id, dtype=torch.long, device=prompt.device)  # actions, as returned
     tokens[:, :P] = prompt
-    valid = torch.zeros(B, L, dtype=torch.bool, device=device)
-    # what the model is fed (section 2): the copy token and its position id at a <bkspc>
-    input_ids = tokens.clone()
-    position_ids = torch.arange(L, device=device).repeat(B, 1)
-    stack = torch.arange(L, device=device).repeat(B, 1)  # stack[b, :depth[b]]: positions of the state
-    depth = torch.full((B,), P, device=device)
-    on_stack = torch.zeros(B, L, dtype=torch.bool, device=device)  # the same set, as an attention mask
-    on_stack[:, :P] = True
-    done = torch.zeros(B, dtype=torch.bool, device=device)
+    valid = torch.zeros(B, L, dtype=torch.bool, device=prompt.device)
+    done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
+    stacks = Stacks(prompt, L)  # what the model reads at each position (section 2)
 
     kv_cache = KVCache(model.config, B, L)
     logits, _ = model(prompt, kv_cache=kv_cache)  # the prompt is plain causal text
     for j in range(P, L):
         policy_logits = logits[:, -1, :bkspc_id + 1].clone()  # (B, A): base vocabulary + <bkspc>
-        policy_logits[:, bkspc_id].masked_fill_((depth <= P) | (not allow_bkspc), float('-inf'))  # never into the prompt
+        policy_logits[:, bkspc_id].masked_fill_((stacks.depth[:, 0] <= P) | (not allow_bkspc), float('-inf'))  # never into the prompt
         action = sample_next(policy_logits, temperature, top_k)
-        action = torch.where(done, pad_id, action)
+        action = torch.where(done, pad_id, action)  # after eos_id: padding, pushed like a token, read by no loss
         tokens[:, j] = action
         valid[:, j] = ~done
-
-        backspace = action == bkspc_id  # (B,)
-        deleted = stack[rows, depth - 1]
-        top = stack[rows, (depth - 2).clamp(min=0)]  # the new top after a pop (meaningless otherwise)
-        input_ids[:, j] = torch.where(backspace, input_ids[rows, top], action)
-        position_ids[:, j] = torch.where(backspace, position_ids[rows, top], depth)
-        on_stack[rows, deleted] &= ~backspace  # (written as &= so that no step waits for the device)
-        on_stack[rows, top] &= ~backspace
-        on_stack[:, j] = True
-        stack[rows, torch.where(backspace, depth - 2, depth)] = j  # replace the top, or push
-        depth = torch.where(backspace, depth - 1, depth + 1)
+        stacks.push(j, action, bkspc_id)
         if eos_id is not None:
             done |= action == eos_id
         if j == L - 1 or done.all():
             break
-        logits, _ = model(input_ids[:, j:j + 1], position_ids=position_ids[:, j:j + 1],
-                          attn_mask=on_stack[:, None, :j + 1], kv_cache=kv_cache)
+        logits, _ = model(stacks.input_ids[:, j:j + 1], position_ids=stacks.position_ids[:, j:j + 1],
+                          attn_mask=stacks.attends(j)[:, None, :], kv_cache=kv_cache)  # (B, 1, L) mask
     return tokens, valid
 
 # -----------------------------------------------------------------------------
@@ -306,55 +317,110 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
 # one (section 3), so with data only and alpha -> inf the first two terms cancel per transition to
 # V(u) - l(a|u) = -log pi(a|u): the cross-entropy of the expert's actions, i.e. BC (MLE without noise).
 # What SequenceMatch adds to BC is the chi^2 term and the model's own rollouts in the mixture.
+#
+# Both losses read the (B, n, A) logits only through two numbers per position, V and Q = l(a|u) of the
+# action taken. soft_values computes them in one pass over the logits, a chunk of rows at a time, so the
+# 50k-wide logits of GPT-2 are never copied whole in float32; its backward writes the gradient of the
+# logits, softmax * dV + onehot(action) * dQ, a chunk at a time as well.
+
+
+class SoftValues(torch.autograd.Function):
+    """V and Q with a backward written by hand (autograd through logsumexp would keep float32 copies)."""
+
+    @staticmethod
+    def forward(ctx, logits, actions, chunk_rows):
+        B, n, A = logits.shape
+        flat = logits.flatten(0, 1)  # (B * n, A): a view, also of the slice logits[..., :A] of wider logits
+        V = torch.empty(B * n, device=logits.device)  # float32
+        for s in range(0, B * n, chunk_rows):
+            V[s:s + chunk_rows] = torch.logsumexp(flat[s:s + chunk_rows].float(), dim=-1)
+        Q = torch.zeros(B, n, device=logits.device)  # float32; no action leads into position 0
+        Q[:, 1:] = logits[:, :-1].gather(-1, actions[:, 1:, None]).squeeze(-1).float()
+        ctx.save_for_backward(logits, actions, V)
+        ctx.chunk_rows = chunk_rows
+        return V.view(B, n), Q
+
+    @staticmethod
+    def backward(ctx, dV, dQ):
+        logits, actions, V = ctx.saved_tensors
+        B, n, A = logits.shape
+        flat, dV, chunk_rows = logits.flatten(0, 1), dV.flatten(), ctx.chunk_rows
+        grad = torch.empty(B * n, A, dtype=logits.dtype, device=logits.device)  # (B * n, A)
+        for s in range(0, B * n, chunk_rows):
+            softmax = (flat[s:s + chunk_rows].float() - V[s:s + chunk_rows, None]).exp_()  # (rows, A), float32
+            grad[s:s + chunk_rows] = softmax.mul_(dV[s:s + chunk_rows, None])  # dV/dl = softmax
+        grad = grad.view(B, n, A)
+        # dQ/dl is one at the action taken: Q[:, j] is read from logits row j - 1
+        grad[:, :-1].scatter_add_(-1, actions[:, 1:, None], dQ[:, 1:, None].to(grad.dtype))
+        return grad, None, None
+
+
+def soft_values(logits, actions, chunk_rows=None):
+    """logits: (B, n, A) over the action space (any float dtype; a slice such as logits[..., :A] of the
+    model's wider output is read in place, never copied). actions: (B, n) int64, the action of the
+    transition into each position (seqmatch_loss).
+    Returns V and Q, both (B, n) float32 (also under bf16 autocast):
+        V[:, j] = logsumexp(logits[:, j])            the value of the state after position j,
+        Q[:, j] = logits[:, j-1, actions[:, j]]      the soft Q-value of the action into position j, taken
+                                                     in the state after position j-1; Q[:, 0] = 0.
+    Differentiable with respect to logits. chunk_rows: positions per pass (a few MB of float32; larger on a
+    GPU, where each pass is a kernel launch); the result does not depend on it.
+    >>> V, Q = soft_values(torch.tensor([[[0.0, 3.0], [1.0, 1.0]]]), torch.tensor([[0, 1]]))
+    >>> [round(v, 4) for v in V[0].tolist()], Q[0].tolist()  # V = [log(1 + e^3), 1 + log 2]; Q[0, 1] = logits[0, 0, 1]
+    ([3.0486, 1.6931], [0.0, 3.0])"""
+    A = logits.size(-1)
+    if chunk_rows is None:
+        chunk_rows = max(1, (2 ** 25 if logits.is_cuda else 2 ** 16) // A)  # 128 MB, or 256 KB (the CPU's cache)
+    return SoftValues.apply(logits, actions, chunk_rows)
 
 
 def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def seqmatch_loss(logits, actions, valid, expert, is_data, done, gamma, alpha):
-    """logits: (B, n, A) over the action space, from the backspace-masked forward of the token rows.
-    actions: (B, n) the action of the transition into position j: the row's token, except that a noise
-    token's action is the token the expert intended (add_noise); for rollouts, the row itself.
-    valid, expert, done: (B, n) bool for the transition into position j (expert: counts in the expert
-    term, every valid data transition in train.py; done: it ended the episode). is_data: (B,) bool, True
-    for data rows, False for model rollouts. Returns (loss, stats) with stats a dict of detached scalars.
+def seqmatch_loss(V, Q, valid, expert, is_data, done, gamma, alpha):
+    """V, Q: (B, n) float, from soft_values of the backspace-masked forward of the rows: V[:, j] is the
+    value of the state after position j, Q[:, j] the logit of the action into position j (taken in the
+    state after position j-1).
+    valid, expert, done: (B, n) bool for the transition into position j: valid = trained on; expert = it
+    counts in the expert term (train.py marks every valid data transition); done = it ended the episode.
+    is_data: (B,) bool, True for data rows, False for model rollouts. Column 0 of the masks is ignored
+    (no transition leads into the first token), and so are V[:, n-1] unless it is some V_next, and Q[:, 0].
+    Returns (loss, stats): the loss a 0-dim float32 tensor, stats a dict of 0-dim tensors detached from
+    the graph (they are logged, never differentiated).
 
-    Index alignment: logits[:, j] is the policy at the state after position j, so the transition into
-    position j >= 1 is the action actions[:, j] taken in the state of logits[:, j-1]:
-        r_j = logits[:, j-1, actions[:, j]] - gamma * V[:, j],   value_j = V[:, j-1] - gamma * V[:, j]
-    with V = logsumexp(logits, -1) and V[:, j] = 0 where done[:, j]. Column 0 of the masks is ignored (no
-    transition leads into the first token); the last row of logits enters only through V.
-    Averaging: the expert term is minus the mean of r_j over all expert transitions of the data rows,
-    pooled (a long row weighs in proportion to its transitions; 0 if there are none). The value and chi^2 terms average over
-    the valid transitions of each group (data rows, model rows), pooled within the group, then over the
-    groups; a group without valid transitions is dropped (data alone is not halved).
-    stats: 'expert', 'value', 'chi2' (the three terms; the loss is their sum), 'reward_data' and
-    'reward_model' (the mean r_j of each group, nan for an empty group).
+    The transition into position j >= 1, with V_next a copy of V that is 0 after the episode ended
+    (V itself stays as it is: V[:, j-1] is still the value of the state the transition starts in):
+        V_next[:, j] = 0 if done[:, j] else V[:, j]
+        r_j = Q[:, j] - gamma * V_next[:, j]            (the implicit reward)
+        value_j = V[:, j-1] - gamma * V_next[:, j]
+    Terms: the expert term is minus the mean of r_j over the expert transitions, which are those marked
+    expert & valid on DATA rows only (an expert mark on a model row is ignored), pooled over all rows (a
+    long row weighs in proportion to its transitions; 0 if there are none). The value and chi^2 (r_j^2 /
+    (4 alpha)) terms average over the valid transitions of each group (data rows, model rows), pooled
+    within the group, then over the groups; a group without valid transitions is dropped (data alone is
+    not halved). loss = expert + value + chi2.
+    stats: 'expert', 'value', 'chi2' (the three terms), 'reward_data' and 'reward_model' (the mean r_j over
+    each group's valid transitions, nan for an empty group).
 
     Worked example (test_seqmatch_loss_by_hand): vocabulary {0, 1, <bkspc>=2}, eos = 1. Prompt [0]; the
-    expert meant eos, the environment wrote the noise 0 instead; <bkspc>; eos.
-    >>> logits = torch.tensor([[[0.5, 1.0, -1.0], [0.0, 0.0, 2.0], [1.0, 3.0, 0.0], [9.0, 9.0, 9.0]]])
-    >>> actions = torch.tensor([[0, 1, 2, 1]])  # the noise transition's action is the intended eos
+    expert meant eos, the environment wrote the noise 0 instead; <bkspc>; eos. V and Q as soft_values
+    gives them for the logits [[0.5, 1, -1], [0, 0, 2], [1, 3, 0], [9, 9, 9]] and the actions [0, 1, 2, 1]
+    (the noise transition's action is the intended eos):
+    >>> V = torch.tensor([[1.555, 2.240, 3.170, 10.099]])
+    >>> Q = torch.tensor([[0.0, 1.0, 2.0, 3.0]])  # l(eos|[0]), l(<bkspc>|[0, 0]), l(eos|[0])
     >>> valid = torch.tensor([[False, True, True, True]])  # also the expert mask: all are data transitions
-    >>> done = torch.tensor([[False, False, False, True]])  # eos ended the episode
-    >>> V = torch.logsumexp(logits[0], dim=-1); V.round(decimals=3)
-    tensor([ 1.5550,  2.2400,  3.1700, 10.0990])
-    >>> r = torch.stack([logits[0, 0, 1] - 0.9 * V[1], logits[0, 1, 2] - 0.9 * V[2], logits[0, 2, 1] - 0.9 * 0])
-    >>> r.round(decimals=3)  # eos (the intended action), <bkspc>, eos (V = 0 after it); logits[0, 3] unused
-    tensor([-1.0160, -0.8530,  3.0000])
-    >>> loss, stats = seqmatch_loss(logits, actions, valid, valid, torch.tensor([True]), done, gamma=0.9, alpha=0.5)
+    >>> done = torch.tensor([[False, False, False, True]])  # eos ended the episode: V_next[:, 3] = 0
+    >>> loss, stats = seqmatch_loss(V, Q, valid, valid, torch.tensor([True]), done, gamma=0.9, alpha=0.5)
     >>> {name: round(x.item(), 3) for name, x in stats.items()}, round(loss.item(), 3)
     ({'expert': -0.377, 'value': 0.699, 'chi2': 1.793, 'reward_data': 0.377, 'reward_model': nan}, 2.115)
 
-    Here expert = -mean(r), value = mean(V[:3] - 0.9 * [V[1], V[2], 0]), chi2 = mean(r^2) / (4 * 0.5), and
-    with no model rows their group is dropped."""
-    logits = logits.float()
-    V = torch.logsumexp(logits, dim=-1)  # (B, n): V of the state after each position
-    Q = logits[:, :-1].gather(-1, actions[:, 1:, None]).squeeze(-1)  # (B, n-1): l(a|u) of each action
-    V_now = V[:, :-1]  # (B, n-1): V(u)
+    Here r = [1 - 0.9 * 2.240, 2 - 0.9 * 3.170, 3 - 0] = [-1.016, -0.853, 3.0], expert = -mean(r),
+    value = mean([1.555 - 0.9 * 2.240, 2.240 - 0.9 * 3.170, 3.170 - 0]), chi2 = mean(r^2) / (4 * 0.5),
+    and with no model rows their group is dropped."""
+    V_now = V[:, :-1]  # (B, n-1): V(u) of the state each transition starts in
     V_next = V[:, 1:].masked_fill(done[:, 1:], 0.0)  # (B, n-1): V(u'), 0 at end-of-sequence
-    reward = Q - gamma * V_next  # (B, n-1)
+    reward = Q[:, 1:] - gamma * V_next  # (B, n-1)
     value = V_now - gamma * V_next  # (B, n-1)
 
     valid = valid[:, 1:]
@@ -375,12 +441,12 @@ def seqmatch_loss(logits, actions, valid, expert, is_data, done, gamma, alpha):
     return loss, stats
 
 
-def bc_loss(logits, actions, expert):
-    """Behaviour cloning: cross-entropy of the expert's actions (the intended token at a noise token).
-    logits (B, n, A), actions and expert (B, n)."""
-    targets = actions[:, 1:].masked_fill(~expert[:, 1:], -1)  # (B, n-1); -1 = not an expert action
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
-                           ignore_index=-1)
+def bc_loss(V, Q, expert):
+    """Behaviour cloning: the cross-entropy of the expert's actions (the intended token at a noise token),
+    -log pi(a|u) = V(u) - l(a|u), averaged over the transitions into the positions j >= 1 where
+    expert[:, j] (column 0 is ignored; 0 if there are none). V, Q: (B, n) from soft_values; expert: (B, n)
+    bool. Returns a 0-dim float32 tensor."""
+    return masked_mean(V[:, :-1] - Q[:, 1:], expert[:, 1:])
 
 # -----------------------------------------------------------------------------
 # Seeing the masking of section 2: python seqmatch.py 'abc<d' --n_prompt=2
@@ -395,7 +461,7 @@ def show_masking(row, n_prompt):
     print(' j  token  input id  position id  ' + 'attends to'.ljust(2 * len(row) - 1) + '  logits row j is the policy at')
     for j, c in enumerate(row):
         grid = ' '.join('x' if m else '.' for m in attn_mask[0, j].tolist()).ljust(len('attends to'))
-        state = ''.join(map(chr, apply_backspaces(tokens[0, :j + 1], ord('<'))))
+        state = ''.join(map(chr, apply_backspaces(tokens[0, :j + 1], ord('<'))[0]))
         print(f"{j:2d}    {c}       {chr(input_ids[0, j])}      {position_ids[0, j].item():6d}       {grid}  {state}")
 
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model import GPT, GPTConfig, load_checkpoint
-from seqmatch import backspace_inputs, bc_loss, generate, noisy_rows, seqmatch_loss
+from seqmatch import backspace_inputs, bc_loss, generate, noisy_rows, seqmatch_loss, soft_values
 from tokenizer import Tokenizer, load_meta
 
 # -----------------------------------------------------------------------------
@@ -344,11 +344,11 @@ def compute_loss(use_sm):
     done = valid & (tokens == eos_id) if eos_id is not None else torch.zeros_like(valid)
     with ctx:
         logits, _ = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
-    logits = logits[..., :n_actions]  # (B, n, A): the policy's logits
-    loss_bc = bc_loss(logits, actions, expert)
+    V, Q = soft_values(logits[..., :n_actions], actions)  # (B, n) each, float32: all the losses read of the logits
+    loss_bc = bc_loss(V, Q, expert)
     if not use_sm:
         return loss_bc, {'bc': loss_bc.detach()}
-    loss_sm, stats = seqmatch_loss(logits, actions, valid, expert, is_data, done, gamma, alpha)
+    loss_sm, stats = seqmatch_loss(V, Q, valid, expert, is_data, done, gamma, alpha)
     stats['bc'] = loss_bc.detach()
     return sm_weight * loss_sm + (1 - sm_weight) * loss_bc, stats
 

@@ -42,22 +42,43 @@ def test_a_blank_exercise_fails_its_selection_and_nothing_else(tmp_path, exercis
 # mistakes students make: (exercise, the reference's text, what the student wrote instead, what the failure says)
 MISTAKES = {
     'bc_loss counts every transition': (
-        'bc_loss', "actions[:, 1:].masked_fill(~expert[:, 1:], -1)", "actions[:, 1:]",
+        'bc_loss', "masked_mean(V[:, :-1] - Q[:, 1:], expert[:, 1:])", "(V[:, :-1] - Q[:, 1:]).mean()",
         "count only expert ones"),
     'seqmatch_loss averages the expert term per row': (
         'seqmatch_loss', "expert_term = -masked_mean(reward, data_mask & expert[:, 1:])",
         "e = data_mask & expert[:, 1:]\n"
         "    expert_term = -((reward * e).sum(1) / e.sum(1).clamp(min=1))[e.any(1)].mean()",
-        "pool the group's transitions"),
-    'seqmatch_loss reads the action in the next state': (
-        'seqmatch_loss', "Q = logits[:, :-1].gather(", "Q = logits[:, 1:].gather(",
-        "r_j = logits[:, j-1, actions[:, j]] - gamma * V[:, j]"),
+        "pooled over all rows (not averaged per row)"),
+    'seqmatch_loss zeroes V itself after the episode ends': (
+        'seqmatch_loss', "V_now = V[:, :-1]", "V_now = V.masked_fill(done, 0.0)[:, :-1]",
+        "V_next[:, j] = 0 where done[:, j], else V[:, j]"),
+    'seqmatch_loss counts expert marks on model rows': (
+        'seqmatch_loss', "expert_term = -masked_mean(reward, data_mask & expert[:, 1:])",
+        "expert_term = -masked_mean(reward, valid & expert[:, 1:])",
+        "a mark on a model row is ignored"),
+    'seqmatch_loss returns stats attached to the graph': (
+        'seqmatch_loss', "'expert': expert_term.detach(), 'value': value_term.detach(), 'chi2': chi2_term.detach(),",
+        "'expert': expert_term, 'value': value_term, 'chi2': chi2_term,",
+        "return them detached"),
+    'soft_values reads the action in the next state': (
+        'soft_values', "Q[:, 1:] = logits[:, :-1].gather(", "Q[:, 1:] = logits[:, 1:].gather(",
+        "Q[:, j] = logits[:, j-1, actions[:, j]]"),
+    'generate marks the eos action as not valid': (
+        'generate', "valid[:, j] = ~done", "valid[:, j] = ~done & (action != pad_id)",
+        "the eos action itself is an action of the policy"),
+    'generate samples the padding ids above <bkspc>': (
+        'generate', "policy_logits = logits[:, -1, :bkspc_id + 1].clone()", "policy_logits = logits[:, -1].clone()",
+        "sample from logits[..., :bkspc_id + 1] only"),
     'generate recomputes each state from scratch': (
         'generate',
-        "logits, _ = model(input_ids[:, j:j + 1], position_ids=position_ids[:, j:j + 1],\n"
-        "                          attn_mask=on_stack[:, None, :j + 1], kv_cache=kv_cache)",
-        "logits = torch.stack([model(input_ids[b, stack[b, :depth[b]]][None])[0][0, -1:] for b in range(B)])",
+        "logits, _ = model(stacks.input_ids[:, j:j + 1], position_ids=stacks.position_ids[:, j:j + 1],\n"
+        "                          attn_mask=stacks.attends(j)[:, None, :], kv_cache=kv_cache)",
+        "logits = torch.stack([model(stacks.input_ids[b, stacks.stack[b, :stacks.depth[b, 0]]][None])[0][0, -1:]\n"
+        "                              for b in range(B)])",
         "each step after the prompt feeds only the newest token"),
+    'Stacks.push gives a copy the position id of the deleted token': (
+        'Stacks.push', "self.position_ids[:, j] = slot[:, 0]", "self.position_ids[:, j] = self.depth[:, 0]",
+        "the index of the state's last token in the state's text"),
     'KVCache.update writes every call at the start': (
         'KVCache.update', "self.kv[layer, 0, :, :, self.length:self.length + T] = k\n"
                           "        self.kv[layer, 1, :, :, self.length:self.length + T] = v",

@@ -1,24 +1,25 @@
-"""The core of the method: masking, noise, rollouts and the loss.
+"""The core of the method: masking, noise, rollouts, soft values and the loss.
 
 Every test is named after the function it grades (apply_backspaces, masking = backspace_inputs, add_noise,
-rollout = generate, seqmatch_loss, bc_loss), so `pytest -k NAME` grades one function (see exercise.py).
-A test never uses the function it grades as its own reference, and never calls another function of
-seqmatch.py: where it needs the text a row ends in, it uses final_text below."""
+rollout = generate, soft_values, seqmatch_loss, bc_loss), so `pytest -k NAME` grades one function (see
+exercise.py). The tests grade by definition: a masked forward against the forward on each materialised
+state, values against their formula, the loss against cases worked by hand, its closed forms and its
+gradient. A test never uses the function it grades as its own reference, and never calls another
+function of seqmatch.py: where it needs the text a row ends in, it uses final_text below."""
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from model import GPT
-from seqmatch import add_noise, apply_backspaces, backspace_inputs, bc_loss, generate, seqmatch_loss
+from seqmatch import add_noise, apply_backspaces, backspace_inputs, bc_loss, generate, seqmatch_loss, soft_values
 
 BK = 19  # <bkspc> in a vocabulary of 20: base tokens 0..18
 
 
 def final_text(row, bkspc_id):
-    """The tests' own reference for the text a row ends in: each <bkspc> drops the last token."""
+    """The text a row ends in, by the definition: each <bkspc> drops the last token."""
     text = []
     for tok in row.tolist():
         text = text[:-1] if tok == bkspc_id else text + [tok]
@@ -47,14 +48,27 @@ def first_difference(got, want):
     return next((i for i, (x, y) in enumerate(zip(got, want)) if x != y),
                 None if len(got) == len(want) else min(len(got), len(want)))
 
+
+def last_logits_of_each_state(model, states):
+    """The model's last logits on each state (a list of token lists), in padded causal forwards of up to 256
+    states: padding after a state's end changes nothing before it."""
+    n = max(len(s) for s in states)
+    last = []
+    for k in range(0, len(states), 256):
+        chunk = states[k:k + 256]
+        logits, _ = model(torch.tensor([s + [0] * (n - len(s)) for s in chunk]))
+        last.append(logits[torch.arange(len(chunk)), torch.tensor([len(s) - 1 for s in chunk])])
+    return torch.cat(last)  # (len(states), vocab)
+
 # ----------------------------------------------------------------------------- apply_backspaces
 
 
 def test_apply_backspaces():
     got = apply_backspaces([5, 6, 7, BK, BK, 8], BK)
-    assert got == [5, 8], f"[5, 6, 7, <bkspc>, <bkspc>, 8] ends in [5, 8] (each <bkspc> deletes one token), got {got}"
+    assert got == ([5, 8], [2, 1]), (f"[5, 6, 7, <bkspc>, <bkspc>, 8] ends in [5, 8], the <bkspc>s deleting the "
+                                     f"tokens at positions 2 then 1: expected ([5, 8], [2, 1]), got {got}")
     got = apply_backspaces(torch.tensor([1, 2, BK, 3, BK, BK]), BK, n_prompt=0)
-    assert got == [], f"a tensor row [1, 2, <bkspc>, 3, <bkspc>, <bkspc>] ends empty, got {got}"
+    assert got == ([], [1, 3, 0]), f"a tensor row [1, 2, <bkspc>, 3, <bkspc>, <bkspc>] ends empty, got {got}"
     with pytest.raises(ValueError, match=r'<bkspc> at position 3 would delete into the prompt \(the first 1 tokens\)'):
         apply_backspaces([1, 2, BK, BK], BK, n_prompt=1)
 
@@ -62,29 +76,45 @@ def test_apply_backspaces():
 
 
 def assert_rows_are_the_policy_at_each_state(model, tokens, n_prompt, bkspc_id):
-    """Row j of the masked forward equals a fresh forward on the state after tokens[:j+1]."""
+    """The definition of the masking: row j of the masked forward equals the model's forward on the state
+    after tokens[:j+1], the position ids are the stack depths (the index of each state's last token in its
+    text), and the input id is that last token."""
     input_ids, position_ids, attn_mask = backspace_inputs(tokens, bkspc_id, n_prompt)
-    assert input_ids.shape == position_ids.shape == tokens.shape and attn_mask.shape == tokens.shape + tokens.shape[1:]
+    assert input_ids.shape == position_ids.shape == tokens.shape and attn_mask.shape == tokens.shape + tokens.shape[1:], (
+        f"for tokens of shape {tuple(tokens.shape)} expected input_ids and position_ids of that shape and attn_mask "
+        f"{tuple(tokens.shape + tokens.shape[1:])}, got {tuple(input_ids.shape)}, {tuple(position_ids.shape)}, "
+        f"{tuple(attn_mask.shape)}")
     logits, _ = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
     for b in range(tokens.size(0)):
-        for j in range(max(n_prompt, 1) - 1, tokens.size(1)):
-            state = final_text(tokens[b, :j + 1], bkspc_id)
-            fresh, _ = model(torch.tensor([state]))
-            diff = (fresh[0, -1] - logits[b, j]).abs().max().item()
+        states = [final_text(tokens[b, :j + 1], bkspc_id) for j in range(tokens.size(1))]
+        fresh = last_logits_of_each_state(model, states)
+        for j in range(tokens.size(1)):
+            where = f"row {b}, position {j} (token {tokens[b, j].item()}, state {states[j]})"
+            assert input_ids[b, j] == states[j][-1], (
+                f"{where}: input id {input_ids[b, j].item()}, expected {states[j][-1]}: the last token of the state "
+                f"(at a <bkspc>, a copy of the token left on top)")
+            assert position_ids[b, j] == len(states[j]) - 1, (
+                f"{where}: position id {position_ids[b, j].item()}, expected {len(states[j]) - 1}: the index of "
+                f"the state's last token in the state's text (the stack depth)")
+            diff = (fresh[j] - logits[b, j]).abs().max().item()
             assert diff < 1e-5, (
-                f"row {b}, position {j} (token {tokens[b, j].item()}): logits differ by {diff:.3g} from a fresh "
-                f"forward on its state {state}. Up to here: input_ids {input_ids[b, :j + 1].tolist()}, "
-                f"position_ids {position_ids[b, :j + 1].tolist()}, position {j} attends to "
-                f"{attn_mask[b, j].nonzero()[:, 0].tolist()}")
+                f"{where}: logits differ by {diff:.3g} from a fresh forward on the state. Up to here: input_ids "
+                f"{input_ids[b, :j + 1].tolist()}, position_ids {position_ids[b, :j + 1].tolist()}, position {j} "
+                f"attends to {attn_mask[b, j].nonzero()[:, 0].tolist()} (exactly the positions that make up its state)")
 
 
-@pytest.mark.parametrize('n_prompt', [1, 4])
+@pytest.mark.parametrize('n_prompt', [1, 4, [1, 5, 2, 4, 1, 3]])
 def test_masking_is_exact(tiny_model, n_prompt):
+    """With an int and a per-row prompt, copies of copies, and runs of deletions."""
     model = tiny_model()
-    tokens = random_trajectories(6, 40, n_prompt, BK, p_bkspc=0.45, seed=n_prompt)
-    # hand-made rows: a run of backspaces right after the prompt, and one that undoes everything
-    tokens[0, n_prompt:n_prompt + 6] = torch.tensor([3, 4, 5, BK, BK, BK])
-    tokens[1, n_prompt:n_prompt + 8] = torch.tensor([7, BK, 8, BK, 9, 10, BK, BK])
+    prompts = n_prompt if isinstance(n_prompt, list) else [n_prompt] * 6
+    tokens = torch.cat([random_trajectories(1, 40, p, BK, p_bkspc=0.45, seed=10 * k + len(prompts))
+                        for k, p in enumerate(prompts)])
+    # inserted by hand right after the prompt (each leaves the stack as it was): a run of backspaces, and
+    # copies of copies that undo everything
+    for b, inserted in ((0, [3, 4, 5, BK, BK, BK]), (1, [7, BK, 8, BK, 9, 10, BK, BK])):
+        p = prompts[b]
+        tokens[b] = torch.cat([tokens[b, :p], torch.tensor(inserted), tokens[b, p:]])[:40]
     assert (tokens == BK).sum() > 60
     assert_rows_are_the_policy_at_each_state(model, tokens, n_prompt, BK)
 
@@ -94,6 +124,13 @@ def test_masking_is_exact_with_a_gpt2_sized_vocabulary(tiny_model):
     model = tiny_model(vocab_size=50304, n_embd=16)
     tokens = random_trajectories(2, 24, 2, bk, p_bkspc=0.4, seed=7)
     assert_rows_are_the_policy_at_each_state(model, tokens, 2, bk)
+
+
+def test_masking_is_exact_at_gpt2_length(tiny_model):
+    """n = 1024 (the GPT-2 block), with few and with many backspaces (hundreds of copies per row)."""
+    model = tiny_model(block_size=1024, n_layer=1, n_embd=16)
+    tokens = torch.cat([random_trajectories(1, 1024, 1, BK, p_bkspc=p, seed=7) for p in (0.02, 0.45)])
+    assert_rows_are_the_policy_at_each_state(model, tokens, 1, BK)
 
 
 def test_masking_positions_and_mask_by_hand():
@@ -119,6 +156,18 @@ def test_masking_positions_and_mask_by_hand():
                                          f"{row}, expected {expected_mask[j]} (exactly the positions of its state)")
 
 
+def test_masking_returns_int64_ids_and_a_bool_mask_on_the_tokens_device_also_for_zero_rows():
+    tokens = torch.tensor([[1, 2, BK, 3]])
+    for rows in (tokens, tokens[:0]):  # zero rows: data-only SequenceMatch draws no rollouts
+        got = backspace_inputs(rows, BK, 1)
+        for name, x, dtype, shape in zip(('input_ids', 'position_ids', 'attn_mask'), got,
+                                         (torch.int64, torch.int64, torch.bool),
+                                         (rows.shape, rows.shape, rows.shape + rows.shape[1:])):
+            assert x.dtype == dtype and x.shape == shape and x.device == rows.device, (
+                f"for {len(rows)} row(s) of 4 tokens, {name} should be a {dtype} tensor of shape {tuple(shape)} on "
+                f"{rows.device} (GPT.forward reads it as is), got a {x.dtype} tensor of shape {tuple(x.shape)} on {x.device}")
+
+
 def test_masking_refuses_a_bkspc_into_the_prompt_or_an_empty_row():
     with pytest.raises(ValueError, match=r'^row 1: <bkspc> at position 3 would delete into the prompt '
                                          r'\(the first 3 tokens\) or leave the row empty$'):
@@ -129,74 +178,15 @@ def test_masking_refuses_a_bkspc_into_the_prompt_or_an_empty_row():
         backspace_inputs(torch.tensor([[1, 2, 3], [1, 2, BK]]), BK, n_prompt=[1, 2])  # one n_prompt per row
 
 
-def stack_loop_backspace_inputs(tokens, bkspc_id, n_prompt):
-    """The tests' own reference for backspace_inputs: the stack rule of seqmatch.py, section 2, one
-    position at a time (the loop that backspace_inputs computes for all rows and positions at once)."""
-    B, n = tokens.shape
-    n_prompt = [n_prompt] * B if isinstance(n_prompt, int) else [int(p) for p in n_prompt]
-    input_ids = np.zeros((B, n), dtype=np.int64)
-    position_ids = np.zeros((B, n), dtype=np.int64)
-    attn_mask = np.zeros((B, n, n), dtype=bool)
-    for b, row in enumerate(tokens.tolist()):
-        stack = []  # input positions that make up the current state
-        for j, tok in enumerate(row):
-            if j > 0:
-                attn_mask[b, j] = attn_mask[b, j - 1]  # start from the previous state's positions
-            if tok == bkspc_id:
-                if len(stack) <= max(n_prompt[b], 1):
-                    raise ValueError(f"row {b}: <bkspc> at position {j} would delete into the prompt "
-                                     f"(the first {n_prompt[b]} tokens) or leave the row empty")
-                deleted = stack.pop()
-                top = stack[-1]
-                input_ids[b, j] = input_ids[b, top]  # the copy: same id ...
-                position_ids[b, j] = position_ids[b, top]  # ... same position id
-                attn_mask[b, j, [deleted, top]] = False
-                stack[-1] = j
-            else:
-                input_ids[b, j] = tok
-                position_ids[b, j] = len(stack)
-                stack.append(j)
-            attn_mask[b, j, j] = True
-    return torch.from_numpy(input_ids), torch.from_numpy(position_ids), torch.from_numpy(attn_mask)
-
-
-def assert_equals_stack_loop(tokens, n_prompt):
-    """backspace_inputs byte for byte against the loop, dtypes included; a failure names the first difference."""
-    got, want = backspace_inputs(tokens, BK, n_prompt), stack_loop_backspace_inputs(tokens, BK, n_prompt)
-    for name, g, w in zip(('input_ids', 'position_ids', 'attn_mask'), got, want):
-        assert g.dtype == w.dtype and g.shape == w.shape, (name, g.dtype, w.dtype, g.shape, w.shape)
-        wrong = (g != w).nonzero()
-        assert len(wrong) == 0, (f"n_prompt {n_prompt}: {name} differs first at (row, position"
-                                 f"{', key' if name == 'attn_mask' else ''}) {wrong[0].tolist()}")
-
-
-@pytest.mark.parametrize('p_bkspc', [0.0, 0.1, 0.45, 0.7])
-def test_masking_equals_the_stack_loop_exactly(p_bkspc):
-    """With int and per-row prompts, copies of copies and runs of deletions."""
-    for n_prompt in (1, 3, [1, 5, 2, 4, 1, 3]):
-        prompts = n_prompt if isinstance(n_prompt, list) else [n_prompt] * 6
-        tokens = torch.cat([random_trajectories(1, 50, p, BK, p_bkspc, seed=10 * k + int(100 * p_bkspc))
-                            for k, p in enumerate(prompts)])
-        tokens[0] = tokens[0] % BK  # row 0 by hand: copies of copies, and a run of deletions
-        tokens[0, 5:13] = torch.tensor([3, BK, 4, BK, BK, 5, 6, BK])
-        assert_equals_stack_loop(tokens, n_prompt)
-
-
-def test_masking_equals_the_stack_loop_at_gpt2_length():
-    """n = 1024 (the GPT-2 block), with few and with many backspaces (hundreds of <bkspc> counts per row)."""
-    for p_bkspc in (0.02, 0.45):
-        assert_equals_stack_loop(torch.cat([random_trajectories(1, 1024, 1, BK, p_bkspc, seed=k) for k in range(3)]), 1)
-
-
 # ----------------------------------------------------------------------------- rollouts (generate)
 
 
 class BiasedGPT(GPT):
     """A random GPT whose <bkspc> and eos logits are shifted, and which records what it computes."""
-    def __init__(self, config, bkspc_bias, eos_bias=0.0):
+    def __init__(self, config, bkspc_bias, eos_bias=0.0, padding_bias=0.0):
         super().__init__(config)
         self.bias = torch.zeros(config.vocab_size)
-        self.bias[BK], self.bias[0] = bkspc_bias, eos_bias
+        self.bias[BK], self.bias[0], self.bias[BK + 1:] = bkspc_bias, eos_bias, padding_bias
         self.seen = []  # the last logits of each call: the policy of each step
         self.fed = []  # (tokens fed, positions already in the KV cache or None) of each call
 
@@ -264,6 +254,38 @@ def test_greedy_rollout_is_deterministic(tiny_model):
     b, _ = generate(model, prompt, 10, BK, temperature=0)
     assert torch.equal(a, b), f"temperature=0 should be greedy: {a.tolist()} then {b.tolist()}"
 
+
+
+def test_rollout_eos_is_a_valid_action_and_the_row_is_padded_after_it(tiny_model):
+    model = BiasedGPT(tiny_model().config, bkspc_bias=1.0, eos_bias=1.5).eval()
+    torch.manual_seed(2)
+    prompt = torch.randint(1, BK, (8, 3))
+    tokens, valid = generate(model, prompt, 30, BK, eos_id=0)
+    ended = 0
+    for b in range(8):
+        eos_at = [j for j in range(3, 33) if tokens[b, j] == 0]  # the first is the eos action, any later ones padding
+        if not eos_at:
+            continue
+        ended += 1
+        j = eos_at[0]
+        assert valid[b, j], (f"row {b} took eos at position {j}, and valid[{b}, {j}] is False: the eos action itself is "
+                             f"an action of the policy, so valid is True there (train.py trains on that transition "
+                             f"and marks it done; without it no episode ever ends)")
+        assert valid[b, 3:j].all(), f"row {b}: every action before eos is the policy's: valid {valid[b, 3:j].tolist()}"
+        assert not valid[b, j + 1:].any() and (tokens[b, j + 1:] == 0).all(), (
+            f"row {b} ended with eos at position {j}: after it every token is padding (eos_id), with valid False; "
+            f"got tokens {tokens[b, j + 1:].tolist()}, valid {valid[b, j + 1:].tolist()}")
+    assert ended >= 4, f"only {ended} of 8 rows ended: the test needs rows that take eos"
+
+
+def test_rollout_samples_only_the_base_vocabulary_and_bkspc(tiny_model):
+    """ids above <bkspc> pad the embedding table (GPT-2: 50258 .. 50303); they are never actions."""
+    model = BiasedGPT(tiny_model(vocab_size=24).config, bkspc_bias=0.0, padding_bias=50.0).eval()
+    prompt = torch.randint(0, BK, (6, 4))
+    for kwargs in (dict(temperature=1.0), dict(temperature=1.0, top_k=3), dict(temperature=0)):
+        tokens, _ = generate(model, prompt, 20, BK, **kwargs)
+        assert tokens.max() <= BK, (f"generate({kwargs}) sampled the padding id {tokens.max().item()}: sample from "
+                                    f"logits[..., :bkspc_id + 1] only (the base vocabulary and <bkspc>)")
 # ----------------------------------------------------------------------------- add_noise
 
 
@@ -303,48 +325,86 @@ def test_add_noise_uses_task_noise_only_where_allowed():
     noisy, _ = add_noise(torch.zeros(5000, dtype=torch.long) + 1, 0.5, 3, n_prompt=1, eos_id=0)
     assert set(noisy.tolist()) == {1, 2, 3}, "neither the true token 1 nor eos 0 is ever noise"
 
+# ----------------------------------------------------------------------------- soft_values
+
+
+def definition_V_Q(logits, actions):
+    """V and Q by their definition, in float64: V[:, j] = logsumexp(logits[:, j]), Q[:, j] =
+    logits[:, j-1, actions[:, j]] (Q[:, 0] = 0)."""
+    logits = logits.double()
+    V = torch.logsumexp(logits, dim=-1)
+    Q = torch.cat([torch.zeros_like(V[:, :1]), logits[:, :-1].gather(-1, actions[:, 1:, None])[..., 0]], dim=1)
+    return V, Q
+
+
+def assert_close(got, want, rtol, what):
+    err = ((got.double() - want).abs() / want.abs().clamp(min=1)).max().item()
+    assert err < rtol, f"{what} differs from its definition by {err:.3g} (relative), more than {rtol}"
+
+
+@pytest.mark.parametrize('dtype, rtol', [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_soft_values_and_their_gradient_equal_the_definition(dtype, rtol):
+    g = torch.Generator().manual_seed(0)
+    B, n, A, padding = 3, 7, 11, 5  # the logits are a slice of wider ones, as the model's padded vocabulary
+    wide = (4 * torch.randn(B, n, A + padding, generator=g)).to(dtype).requires_grad_()
+    actions = torch.randint(0, A, (B, n), generator=g)
+    V, Q = soft_values(wide[..., :A], actions)
+    for name, x in (('V', V), ('Q', Q)):
+        assert x.dtype == torch.float32 and x.shape == (B, n), (
+            f"{name} should be a float32 tensor of shape {(B, n)} (the losses add up many of them), got a "
+            f"{x.dtype} tensor of shape {tuple(x.shape)}")
+    V_ref, Q_ref = definition_V_Q(wide.detach()[..., :A], actions)
+    assert_close(V, V_ref, rtol, "V = logsumexp(logits[:, j])")
+    assert_close(Q, Q_ref, rtol, "Q[:, j] = logits[:, j-1, actions[:, j]] (Q[:, 0] = 0)")
+    # the gradient of any function of V and Q: softmax * dV + onehot(action) * dQ, zero on the padding
+    dV, dQ = torch.randn(B, n, generator=g), torch.randn(B, n, generator=g)
+    (V * dV + Q * dQ).sum().backward()
+    reference = wide.detach().double().requires_grad_()
+    V_ref, Q_ref = definition_V_Q(reference[..., :A], actions)
+    (V_ref * dV.double() + Q_ref * dQ.double()).sum().backward()
+    assert wide.grad.dtype == dtype, f"the gradient should have the logits' dtype {dtype}, got {wide.grad.dtype}"
+    assert_close(wide.grad, reference.grad, 2 * rtol, "the gradient of the logits")
+    assert (wide.grad[..., A:] == 0).all(), "the padding columns beyond the action space get no gradient"
+
+
+def test_soft_values_do_not_depend_on_the_chunk_size():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 9, 13, generator=g, requires_grad=True)
+    actions = torch.randint(0, 13, (4, 9), generator=g)
+    results = []
+    for chunk_rows in (1, 5, 36, None):
+        logits.grad = None
+        V, Q = soft_values(logits, actions, chunk_rows)
+        (V.square() + Q).sum().backward()
+        results.append((chunk_rows, V.detach(), Q.detach(), logits.grad.clone()))
+    for chunk_rows, *got in results[1:]:
+        for name, x, y in zip(('V', 'Q', 'the gradient'), got, results[0][1:]):
+            assert torch.equal(x, y), f"{name} with chunk_rows={chunk_rows} differs from chunk_rows=1"
+
+def test_soft_values_keep_no_float32_copy_of_the_logits_for_the_backward():
+    """At GPT-2 shapes the logits are the largest tensor of a step: the backward may keep them (bf16 under
+    autocast), never a float32 copy of them."""
+    logits = torch.randn(4, 16, 300, dtype=torch.bfloat16, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x) or x, lambda x: x):
+        V, Q = soft_values(logits[..., :257], torch.randint(0, 257, (4, 16)))
+    big = [(tuple(x.shape), x.dtype) for x in saved if x.dtype == torch.float32 and x.numel() >= logits[..., :257].numel()]
+    assert not big, (f"soft_values keeps float32 tensors as large as the logits for the backward: {big}. Keep the "
+                     f"logits themselves (and V) and recompute the softmax in the backward, a chunk at a time")
+
+
 # ----------------------------------------------------------------------------- seqmatch_loss
 
 # what each term of seqmatch_loss is, named in a failure message when that term is off
 TERMS = {
-    'expert': "minus the mean reward over the data rows' expert transitions, pooled (not averaged per row); "
-              "r_j = logits[:, j-1, actions[:, j]] - gamma * V[:, j], with V[:, j] = 0 where done[:, j]",
-    'value': "V[:, j-1] - gamma * V[:, j] (0 where done[:, j]), averaged over the transitions of each group "
-             "(data rows, model rows) pooled, then over the non-empty groups",
+    'expert': "minus the mean reward over the data rows' expert transitions, pooled over all rows (not averaged "
+              "per row); r_j = Q[:, j] - gamma * V_next[:, j], with V_next[:, j] = 0 where done[:, j], else V[:, j]",
+    'value': "V[:, j-1] - gamma * V_next[:, j], averaged over the transitions of each group (data rows, model rows) "
+             "pooled, then over the non-empty groups",
     'chi2': "reward^2, averaged like the value term, divided by 4 alpha",
     'reward_data': "the mean reward over the valid transitions of the data rows",
     'reward_model': "the mean reward over the valid transitions of the model rows (nan if there are none)",
 }
-
-
-def loop_reference(logits, actions, valid, expert, is_data, done, gamma, alpha):
-    """The loss terms computed transition by transition, in float64: the transition into position j is
-    the action actions[b, j] in the state whose logits are logits[b, j-1]."""
-    B, n, _ = logits.shape
-    V = torch.logsumexp(logits.double(), dim=-1).tolist()  # V[b][j]: the state after position j
-    rewards = {True: [], False: []}  # is_data -> the rewards of that group's transitions, pooled
-    values = {True: [], False: []}
-    expert_rewards = []
-    for b in range(B):
-        for j in range(1, n):
-            if not valid[b, j]:
-                continue
-            V_next = 0.0 if done[b, j] else V[b][j]
-            r = logits[b, j - 1, actions[b, j]].item() - gamma * V_next
-            rewards[bool(is_data[b])].append(r)
-            values[bool(is_data[b])].append(V[b][j - 1] - gamma * V_next)
-            if is_data[b] and expert[b, j]:
-                expert_rewards.append(r)
-    def mean(xs):
-        return sum(xs) / len(xs)
-    groups = [g for g in (True, False) if rewards[g]]  # an empty group is dropped
-    return {
-        'expert': -mean(expert_rewards) if expert_rewards else 0.0,  # 0 without expert transitions
-        'value': mean([mean(values[g]) for g in groups]),
-        'chi2': mean([mean([r * r for r in rewards[g]]) for g in groups]) / (4 * alpha),
-        'reward_data': mean(rewards[True]) if rewards[True] else math.nan,
-        'reward_model': mean(rewards[False]) if rewards[False] else math.nan,
-    }
 
 
 def assert_loss_terms(loss, stats, expected, context=''):
@@ -358,102 +418,132 @@ def assert_loss_terms(loss, stats, expected, context=''):
     assert abs(loss.item() - want) < 1e-5, f"{context}the loss {loss.item():.6g} != expert + value + chi2 = {want:.6g}"
 
 
-def test_seqmatch_loss_reduces_to_cross_entropy(tiny_model):
-    model = tiny_model()
-    tokens = torch.randint(0, BK, (4, 30))
-    logits, _ = model(tokens)
-    ones = torch.ones_like(tokens, dtype=torch.bool)
-    ones[:, 0] = False  # no transition into the first token
-    none = torch.zeros_like(ones)
-    loss, _ = seqmatch_loss(logits, tokens, ones, ones, torch.ones(4, dtype=torch.bool), none,
-                            gamma=0.998, alpha=1e12)
-    ce = F.cross_entropy(logits[:, :-1].reshape(-1, 20), tokens[:, 1:].reshape(-1))
-    assert abs(loss.item() - ce.item()) < 1e-5, (
+def test_seqmatch_loss_by_hand():
+    # vocabulary {0, 1, <bkspc>=2}, eos = 1. Prompt [0]; the expert meant eos, the environment wrote the
+    # noise 0 instead; <bkspc>; eos. The worked example of seqmatch_loss's docstring, V and Q as numbers:
+    V = [1.5, 2.25, 3.0, 10.0]  # the states [0], [0, noise], [0] again, [0, eos]
+    Q = [0.0, 1.0, 2.0, 3.0]  # l(eos|[0]) (the intended action of the noise transition), l(<bkspc>|[0, noise]), l(eos|[0])
+    valid = torch.tensor([[False, True, True, True]])
+    done = torch.tensor([[False, False, False, True]])  # the noise did not end the episode; eos did
+    gamma, alpha = 0.9, 0.5
+    r = [Q[1] - gamma * V[1], Q[2] - gamma * V[2], Q[3] - gamma * 0.0]  # V after eos is 0; V[3] is unused
+    values = [V[0] - gamma * V[1], V[1] - gamma * V[2], V[2] - gamma * 0.0]
+    expected = {
+        'expert': -sum(r) / 3,
+        'value': sum(values) / 3,  # no model rows: one group
+        'chi2': sum(x * x for x in r) / 3 / (4 * alpha),
+        'reward_data': sum(r) / 3,
+        'reward_model': math.nan,
+    }
+    loss, stats = seqmatch_loss(torch.tensor([V]), torch.tensor([Q]), valid, valid, torch.tensor([True]), done,
+                                gamma, alpha)
+    assert_loss_terms(loss, stats, expected)
+    assert loss.dtype == torch.float32 and loss.dim() == 0, f"the loss should be a 0-dim float32 tensor, got {loss}"
+
+
+def random_batch(seed, is_data, n=9):
+    """Random V, Q and masks for rows of different lengths, episodes that end mid-row, and a prompt of 2."""
+    g = torch.Generator().manual_seed(seed)
+    B = len(is_data)
+    V, Q = 3 * torch.randn(B, n, generator=g), 3 * torch.randn(B, n, generator=g)
+    valid = torch.ones(B, n, dtype=torch.bool)
+    valid[:, :2] = False  # a prompt of 2
+    valid[0, 5:] = False  # rows of different lengths
+    valid[-1, 3:] = False
+    done = torch.rand(B, n, generator=g) < 0.2  # episodes end, some mid-row
+    return V, Q, valid, done
+
+
+@pytest.mark.parametrize('is_data', [[True, True, True, False, False], [True, True], [False, False, False]],
+                         ids=['data and model rows', 'data rows only', 'model rows only'])
+def test_seqmatch_loss_gradient_is_the_closed_form(is_data):
+    """dL/dQ_j and dL/dV_j written out: they fix the averaging of every term (pooled within a group, each
+    non-empty group weighted equally, the expert term pooled over the data rows), which transitions count,
+    the discount and 0 after the episode ends, and 1/(4 alpha)."""
+    is_data = torch.tensor(is_data)
+    V, Q, valid, done = random_batch(0, is_data)
+    expert = valid & is_data[:, None]
+    expert[0, 3] = False  # a data transition outside the expert term
+    gamma, alpha = 0.9, 0.7
+    V.requires_grad_()
+    Q.requires_grad_()
+    loss, _ = seqmatch_loss(V, Q, valid, expert, is_data, done, gamma, alpha)
+    loss.backward()
+
+    # the closed form, transition by transition (j >= 1): r_j = Q_j - gamma V_next_j
+    t = valid.clone()
+    t[:, 0] = False
+    data, model = t & is_data[:, None], t & ~is_data[:, None]
+    e = expert & data
+    groups = [g for g in (data, model) if g.any()]
+    n_of = torch.zeros(V.shape)  # the size of each transition's group
+    for g in groups:
+        n_of[g] = g.sum()
+    V_next = torch.where(done, 0.0, V.detach())
+    r = Q.detach() - gamma * V_next
+    # dL/dr_j = -1/N_expert (expert transitions) + 2 r_j / (4 alpha) / (G N_group) (valid transitions)
+    dr = -e.float() / max(e.sum(), 1) + torch.where(t, 2 * r / (4 * alpha) / (len(groups) * n_of.clamp(min=1)), 0.0)
+    dvalue = torch.where(t, 1 / (len(groups) * n_of.clamp(min=1)), 0.0)  # dL/d value_j
+    want_dQ = dr
+    want_dV = torch.zeros_like(V)
+    want_dV[:, :-1] += dvalue[:, 1:]  # value_j = V_{j-1} - gamma V_next_j
+    want_dV -= torch.where(done, 0.0, gamma * (dvalue + dr))  # V_j enters r_j and value_j, unless done[:, j]
+    for name, got, want in (('Q', Q.grad, want_dQ), ('V', V.grad, want_dV)):
+        wrong = ((got - want).abs() > 1e-5).nonzero()
+        assert len(wrong) == 0, (
+            f"dL/d{name} at (row, position) {wrong[0].tolist()} is {got[tuple(wrong[0])].item():.6g}, expected "
+            f"{want[tuple(wrong[0])].item():.6g}. The terms: expert = {TERMS['expert']}; value = {TERMS['value']}; "
+            f"chi2 = {TERMS['chi2']}. Transitions into position 0, invalid ones, and the expert term on model rows "
+            f"do not count.")
+
+
+def test_seqmatch_loss_reduces_to_bc_with_data_only_and_alpha_to_infinity():
+    """Every data transition is the expert's: expert and value terms cancel per transition to
+    V(u) - l(a|u) = -log pi(a|u), the cross-entropy of BC."""
+    is_data = torch.tensor([True, True, True])
+    V, Q, valid, done = random_batch(3, is_data)
+    loss, _ = seqmatch_loss(V, Q, valid, valid, is_data, done, gamma=0.998, alpha=1e12)
+    t = valid[:, 1:]
+    ce = ((V[:, :-1] - Q[:, 1:]) * t).sum() / t.sum()
+    assert abs(loss.item() - ce.item()) < 1e-4, (
         f"on data rows with alpha -> inf the loss is the cross-entropy {ce.item():.6g}, got {loss.item():.6g}")
 
 
-def test_seqmatch_loss_by_hand():
-    # vocabulary {0, 1, <bkspc>=2}, eos = 1. Prompt [0]; the expert meant eos, the environment wrote the
-    # noise 0 instead; <bkspc>; eos. The noise transition's action is the intended eos (add_noise).
-    # The worked example of seqmatch_loss's docstring.
-    actions = torch.tensor([[0, 1, 2, 1]])
-    logits = torch.tensor([[[0.5, 1.0, -1.0], [0.0, 0.0, 2.0], [1.0, 3.0, 0.0], [9.0, 9.0, 9.0]]])
-    valid = torch.tensor([[False, True, True, True]])
-    expert = valid  # every data transition is the expert's
-    done = torch.tensor([[False, False, False, True]])  # the noise did not end the episode; eos did
-    gamma, alpha = 0.9, 0.5
-    V = [math.log(sum(math.exp(x) for x in row)) for row in logits[0].tolist()]
-    r1 = 1.0 - gamma * V[1]  # state [0]: the expert's eos, l = 1.0; the next state is [0, noise]
-    r2 = 2.0 - gamma * V[2]  # <bkspc> in state [0, noise]: l = 2.0, back to [0]
-    r3 = 3.0 - gamma * 0.0  # eos in state [0]: l = 3.0, V after eos is 0; the last row of logits is unused
-    expected = {
-        'expert': -(r1 + r2 + r3) / 3,
-        'value': ((V[0] - gamma * V[1]) + (V[1] - gamma * V[2]) + (V[2] - 0.0)) / 3,  # no model rows: one group
-        'chi2': (r1 ** 2 + r2 ** 2 + r3 ** 2) / 3 / (4 * alpha),
-        'reward_data': (r1 + r2 + r3) / 3,
-        'reward_model': math.nan,
-    }
-    loss, stats = seqmatch_loss(logits, actions, valid, expert, torch.tensor([True]), done, gamma, alpha)
-    assert_loss_terms(loss, stats, expected)
+def test_seqmatch_loss_ignores_expert_marks_on_model_rows_and_returns_detached_stats():
+    is_data = torch.tensor([True, True, False, False])
+    V, Q, valid, done = random_batch(4, is_data)
+    marks_on_data = valid & is_data[:, None]
+    V.requires_grad_()
+    want, _ = seqmatch_loss(V, Q, valid, marks_on_data, is_data, done, 0.9, 0.5)
+    got, stats = seqmatch_loss(V, Q, valid, valid, is_data, done, 0.9, 0.5)  # expert marks on every row
+    assert abs(got.item() - want.item()) < 1e-6, (
+        f"with expert marks on the model rows too the loss is {got.item():.6g}, expected {want.item():.6g}: the "
+        f"expert term counts only the transitions marked expert & valid on DATA rows (is_data); a mark on a "
+        f"model row is ignored")
+    attached = [name for name, x in stats.items() if x.requires_grad]
+    assert not attached, f"stats {attached} are attached to the graph: return them detached (they are only logged)"
 
 
-def test_seqmatch_loss_matches_a_loop_reference():
-    g = torch.Generator().manual_seed(0)
-    B, n, A = 5, 9, 6
-    logits = 3 * torch.randn(B, n, A, generator=g)
-    actions = torch.randint(0, A, (B, n), generator=g)
-    is_data = torch.tensor([True, True, True, False, False])
-    valid = torch.ones(B, n, dtype=torch.bool)
-    valid[:, :2] = False  # a prompt of 2
-    valid[1, 5:] = False  # rows of different lengths
-    valid[4, 3:] = False
-    expert = valid & is_data[:, None]
-    expert[0, 4] = False  # a data transition outside the expert term
-    done = torch.zeros(B, n, dtype=torch.bool)
-    done[0, 6] = done[1, 4] = done[3, 8] = True  # episodes end, one of them mid-row
-    args = (actions, valid, expert, is_data, done, 0.9, 0.7)
-    loss, stats = seqmatch_loss(logits, *args)
-    assert_loss_terms(loss, stats, loop_reference(logits, *args))
-
-
-def test_seqmatch_loss_pools_each_group_and_drops_an_empty_one():
-    g = torch.Generator().manual_seed(1)
-    logits = 3 * torch.randn(2, 8, 5, generator=g)
-    actions = torch.randint(0, 5, (2, 8), generator=g)
-    valid = torch.zeros(2, 8, dtype=torch.bool)
-    valid[0, 1] = True  # one transition in row 0, seven in row 1
-    valid[1, 1:] = True
-    done = torch.zeros_like(valid)
-    is_data = torch.tensor([True, True])
-    args = (actions, valid, valid, is_data, done, 0.9, 0.5)
-    loss, stats = seqmatch_loss(logits, *args)
-    pooled = loop_reference(logits, *args)
-    per_row = sum(loop_reference(logits[b:b + 1], actions[b:b + 1], valid[b:b + 1], valid[b:b + 1], is_data[b:b + 1],
-                                 done[b:b + 1], 0.9, 0.5)['expert'] for b in (0, 1)) / 2
-    got = stats['expert'].item()
-    assert abs(got - per_row) > 1e-3, (f"stats['expert'] is {got:.6g}, the average of each row's mean: pool the "
-                                       f"group's transitions instead (expected {pooled['expert']:.6g})")
-    # only data rows: the empty model group is dropped, not averaged in as 0
-    got = stats['value'].item()
-    assert abs(got - pooled['value'] / 2) > 1e-3, (f"stats['value'] is {got:.6g}, half the data group's mean: "
-                                                   f"the empty model group was averaged in; drop it")
-    assert_loss_terms(loss, stats, pooled, context='data rows only: ')
-    # the same rows as model rollouts: the empty data group is dropped, and the expert term is 0
-    loss, stats = seqmatch_loss(logits, actions, valid, valid & False, ~is_data, done, 0.9, 0.5)
-    expected = loop_reference(logits, actions, valid, valid & False, ~is_data, done, 0.9, 0.5)
-    assert_loss_terms(loss, stats, expected, context='model rows only: ')
+def test_seqmatch_loss_mixture_weights_data_and_model_equally():
+    is_data = torch.tensor([True, False])
+    V, Q, valid, done = random_batch(5, is_data)
+    one, stats = seqmatch_loss(V, Q, valid, valid & is_data[:, None], is_data, done, 0.998, 0.5)
+    twice = [torch.cat([x, x[1:]]) for x in (V, Q, valid, done)]  # a second copy of the model row
+    is_data2 = torch.tensor([True, False, False])
+    two, _ = seqmatch_loss(*twice[:3], twice[2] & is_data2[:, None], is_data2, twice[3], 0.998, 0.5)
+    assert abs(one.item() - two.item()) < 1e-5, "a second copy of the model row changes the loss: average within each group"
+    assert not math.isnan(stats['reward_model'].item())
 
 
 @pytest.mark.parametrize('gamma', [0.998, 0.9])
 def test_seqmatch_loss_gradient_on_noisy_data_equals_bc(tiny_model, gamma):
-    """With data rows only and alpha -> inf, every transition is the expert's, so the expert and value
-    terms cancel per transition to -log pi(a|u): the gradient of L_SM is BC's (the cross-entropy of the
-    expert's actions), with noise, <bkspc> and eos in the rows."""
+    """Noisy data rows as add_noise makes them (noise x~, <bkspc>, the data token a*; the noise transition's
+    action is a*), through a model: with data only and alpha -> inf the gradient of L_SM is BC's."""
     model = tiny_model()
     eos = 0
     g = torch.Generator().manual_seed(1)
     rows, row_actions = [], []
-    for _ in range(4):  # noisy data rows as add_noise makes them: noise x~, <bkspc>, the data token a*
+    for _ in range(4):
         row, acts = [], []
         for tok in torch.randint(1, BK, (24,), generator=g).tolist():
             if row and torch.rand(1, generator=g) < 0.3:
@@ -475,72 +565,40 @@ def test_seqmatch_loss_gradient_on_noisy_data_equals_bc(tiny_model, gamma):
     is_data = torch.ones(4, dtype=torch.bool)
 
     def gradient(loss_fn):
-        # the cancellation holds transition by transition, for any logits: a plain causal forward of
-        # the rows serves (and keeps this test independent of backspace_inputs)
+        # the cancellation holds transition by transition, for any logits: a plain causal forward serves
         model.zero_grad()
         logits, _ = model(tokens)
         loss_fn(logits).backward()
         return torch.cat([p.grad.flatten() for p in model.parameters()])
 
-    sm = gradient(lambda logits: seqmatch_loss(logits, actions, valid, valid, is_data, done, gamma, 1e12)[0])
+    sm = gradient(lambda logits: seqmatch_loss(*definition_V_Q(logits, actions), valid, valid, is_data, done,
+                                               gamma, 1e12)[0])
     bc = gradient(lambda logits: F.cross_entropy(logits[:, :-1].reshape(-1, 20), actions[:, 1:].reshape(-1)))
     diff = (sm - bc).abs().max().item()
     assert diff < 1e-6, f"the gradient differs from BC's by {diff:.3g}: {TERMS['expert']}; {TERMS['value']}"
     assert bc.abs().max().item() > 1e-3  # a real gradient, not two zeros
-    # the rule it replaces (the noise transition credits the noise, outside the expert term) is not BC
-    expert_old = valid & (tokens == actions)
-    old = gradient(lambda logits: seqmatch_loss(logits, tokens, valid, expert_old, is_data, done, gamma, 1e12)[0])
-    assert (old - bc).abs().max().item() > 1e-3
-
-
-def test_seqmatch_loss_mixture_weights_data_and_model_equally(tiny_model):
-    model = tiny_model()
-    data_row = torch.randint(0, BK, (1, 20))
-    model_row = random_trajectories(1, 20, 4, BK, 0.3, seed=3)
-
-    def loss_of(rows, is_data):
-        logits, _ = model(rows)  # any logits show the weighting; a plain forward keeps backspace_inputs out
-        valid = torch.ones_like(rows, dtype=torch.bool)
-        valid[:, 0] = False
-        valid[~is_data, :4] = False  # a rollout's prompt is not its action
-        expert = valid & is_data[:, None]
-        return seqmatch_loss(logits, rows, valid, expert, is_data, torch.zeros_like(valid), 0.998, 0.5)
-
-    one, stats = loss_of(torch.cat([data_row, model_row]), torch.tensor([True, False]))
-    two, _ = loss_of(torch.cat([data_row, model_row, model_row]), torch.tensor([True, False, False]))
-    assert abs(one.item() - two.item()) < 1e-5, "a second copy of the model row changes the loss: average within each group"
-    assert not math.isnan(stats['reward_model'].item())
-    # and the model group counts as much as the data group, not in proportion to its transitions
-    data_only, _ = loss_of(data_row, torch.tensor([True]))
-    assert abs(one.item() - data_only.item()) > 1e-3
-
-    one.backward()
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    assert grads and all(torch.isfinite(g).all() for g in grads)
 
 # ----------------------------------------------------------------------------- bc_loss
 
 
 def test_bc_loss_by_hand():
-    # the row of test_seqmatch_loss_by_hand: the cross-entropy of the three intended actions
-    actions = torch.tensor([[0, 1, 2, 1]])
-    logits = torch.tensor([[[0.5, 1.0, -1.0], [0.0, 0.0, 2.0], [1.0, 3.0, 0.0], [9.0, 9.0, 9.0]]])
+    # the row of test_seqmatch_loss_by_hand: the cross-entropy of the three intended actions, V(u) - l(a|u)
+    V = torch.tensor([[1.5, 2.25, 3.0, 10.0]])
+    Q = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
     expert = torch.tensor([[False, True, True, True]])
-    V = torch.logsumexp(logits[0], dim=-1).tolist()
-    log_pi = [logits[0, j, a].item() - V[j] for j, a in ((0, 1), (1, 2), (2, 1))]  # logits[j-1] chose actions[j]
-    got = bc_loss(logits, actions, expert).item()
-    assert abs(got + sum(log_pi) / 3) < 1e-5, (f"bc_loss is {got:.6g}, expected {-sum(log_pi) / 3:.6g}: the action "
-                                               f"actions[:, j] is chosen by logits[:, j-1]")
+    want = ((1.5 - 1.0) + (2.25 - 2.0) + (3.0 - 3.0)) / 3
+    got = bc_loss(V, Q, expert)
+    assert abs(got.item() - want) < 1e-6, (f"bc_loss is {got.item():.6g}, expected {want:.6g}: the mean of "
+                                           f"V[:, j-1] - Q[:, j] (= -log pi of the action into position j)")
 
 
 def test_bc_loss_counts_only_expert_transitions():
     g = torch.Generator().manual_seed(2)
-    logits = torch.randn(3, 7, 5, generator=g)
-    actions = torch.randint(0, 5, (3, 7), generator=g)
+    V, Q = torch.randn(3, 7, generator=g), torch.randn(3, 7, generator=g)
     expert = torch.rand(3, 7, generator=g) < 0.5
     expert[:, 0] = True  # ignored: no transition into the first token
-    nll = -torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, actions[:, 1:, None])[..., 0]  # (3, 6)
+    nll = V[:, :-1] - Q[:, 1:]  # (3, 6)
     want, every = nll[expert[:, 1:]].mean().item(), nll.mean().item()
-    got = bc_loss(logits, actions, expert).item()
+    got = bc_loss(V, Q, expert).item()
     hint = ": that is the mean over every transition, count only expert ones" if abs(got - every) < 1e-5 else ""
     assert abs(got - want) < 1e-5, f"bc_loss is {got:.6g}, expected {want:.6g}{hint}"
