@@ -56,7 +56,7 @@ def blank(source, qualname):
 def make_student_copy(exercises, out):
     """Copy the repository's files (those git tracks or would track) to out, the exercises blanked."""
     if os.path.exists(out) and os.listdir(out):
-        raise SystemExit(f"{out} exists and is not empty: choose a new directory")
+        raise FileExistsError(f"{out} exists and is not empty: choose a new directory")
     files = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard'], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.splitlines()
     for path in files:
@@ -78,7 +78,10 @@ if __name__ == '__main__':
                         help=f"one or more of: {', '.join(EXERCISES)}")
     parser.add_argument('--out', required=True, help="the directory of the student copy (new or empty)")
     args = parser.parse_args()
-    make_student_copy(args.exercises, args.out)
+    try:
+        make_student_copy(args.exercises, args.out)
+    except FileExistsError as e:
+        raise SystemExit(f"error: {e}")
     print(f"wrote a student copy to {args.out}; in it, implement each function and grade it with:")
     for exercise in args.exercises:
         path, qualname, _ = EXERCISES[exercise]

@@ -143,10 +143,6 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def get_num_params(self):
-        """Parameters without the position embeddings (the token embeddings are tied to lm_head)."""
-        return sum(p.numel() for p in self.parameters()) - self.transformer.wpe.weight.numel()
-
     def forward(self, idx, targets=None, position_ids=None, attn_mask=None, kv_cache=None):
         """idx: (B, T) token ids. position_ids: (B, T), default 0.. (after the cached positions).
         attn_mask: (B, T, S) bool, True = may attend; S = T without a KV cache, else the cache's max_len
@@ -195,8 +191,8 @@ class GPT(nn.Module):
         assert set(override_args) <= {'dropout'}, "only dropout can be overridden"
         try:
             from transformers import GPT2LMHeadModel
-        except ImportError:
-            raise SystemExit("init_from='gpt2*' needs the optional package transformers: pip install transformers")
+        except ImportError as e:
+            raise ImportError("GPT-2 weights need the optional package transformers: pip install transformers") from e
         print(f"loading weights from pretrained gpt: {model_type}")
         hf = GPT2LMHeadModel.from_pretrained(model_type)
         hf_config = hf.config

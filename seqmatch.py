@@ -347,8 +347,10 @@ class SoftValues(torch.autograd.Function):
         flat, dV, chunk_rows = logits.flatten(0, 1), dV.flatten(), ctx.chunk_rows
         grad = torch.empty(B * n, A, dtype=logits.dtype, device=logits.device)  # (B * n, A)
         for s in range(0, B * n, chunk_rows):
-            softmax = (flat[s:s + chunk_rows].float() - V[s:s + chunk_rows, None]).exp_()  # (rows, A), float32
-            grad[s:s + chunk_rows] = softmax.mul_(dV[s:s + chunk_rows, None])  # dV/dl = softmax
+            rows = slice(s, s + chunk_rows)
+            # dV/dl = softmax = exp(l - V), in float32: written straight into grad when that is float32 too
+            softmax = torch.sub(flat[rows].float(), V[rows, None], out=grad[rows] if grad.dtype == torch.float32 else None)
+            grad[rows] = softmax.exp_().mul_(dV[rows, None])  # (rows, A)
         grad = grad.view(B, n, A)
         # dQ/dl is one at the action taken: Q[:, j] is read from logits row j - 1
         grad[:, :-1].scatter_add_(-1, actions[:, 1:, None], dQ[:, 1:, None].to(grad.dtype))
@@ -370,7 +372,7 @@ def soft_values(logits, actions, chunk_rows=None):
     ([3.0486, 1.6931], [0.0, 3.0])"""
     A = logits.size(-1)
     if chunk_rows is None:
-        chunk_rows = max(1, (2 ** 25 if logits.is_cuda else 2 ** 16) // A)  # 128 MB, or 256 KB (the CPU's cache)
+        chunk_rows = max(1, (2 ** 25 if logits.is_cuda else 2 ** 19) // A)  # 128 MB of float32, or 2 MB (a CPU's cache)
     return SoftValues.apply(logits, actions, chunk_rows)
 
 
