@@ -132,11 +132,12 @@ if device_type == 'cuda':
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 
-def or_exit(load, path):
-    """load(path); what a user can fix (a missing file, a checkpoint refused as unsafe) stops with one line."""
+def or_exit(load, *args):
+    """load(*args); what a user can fix (a missing file or package, a checkpoint refused as unsafe) stops with one
+    line."""
     try:
-        return load(path)
-    except (FileNotFoundError, pickle.UnpicklingError) as e:
+        return load(*args)
+    except (FileNotFoundError, ImportError, pickle.UnpicklingError) as e:
         raise SystemExit(str(e))
 
 def duration(seconds):
@@ -243,7 +244,7 @@ elif init_from == 'resume':
     print_once(f"resuming training from {ckpt_path} at iter {iter_num}, {duration(elapsed_before)} elapsed before")
 elif init_from.startswith('gpt2'):
     print_once(f"initializing from OpenAI GPT-2 weights: {init_from}")
-    model = GPT.from_pretrained(init_from, dict(dropout=dropout))
+    model = or_exit(GPT.from_pretrained, init_from, dict(dropout=dropout))
     for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size'):
         model_args[k] = getattr(model.config, k)
     if block_size < model.config.block_size:

@@ -59,3 +59,13 @@ def test_gpt2_weights_load_exactly(tmp_path):
     assert (logits[..., :100] - expected).abs().max() < 1e-4
     bkspc_row = model.transformer.wte.weight[100]
     assert torch.allclose(bkspc_row, hf.transformer.wte.weight.mean(dim=0))  # <bkspc> starts as the mean token
+
+
+def test_gpt2_weights_without_transformers_say_what_to_install(shakespeare_char, tmp_path):
+    hide = ("import sys; sys.modules['transformers'] = None; "
+            f"sys.argv = ['train.py', '--init_from=gpt2', '--out_dir={tmp_path}', '--device=cpu']; "
+            "exec(open('train.py').read())")
+    result = run('-c', hide, check=False)
+    assert result.returncode != 0
+    message = result.stderr.strip()
+    assert '\n' not in message and 'pip install transformers' in message, message
