@@ -53,7 +53,7 @@ def time_steps(model, optimizer, inputs, n):
     times = []
     for i in range(n + 3):
         t0 = time.perf_counter()
-        logits, _ = model(**inputs)
+        logits = model(**inputs)
         loss = logits.float().logsumexp(-1).mean()
         loss.backward()
         optimizer.step()
@@ -81,7 +81,7 @@ def generate_recompute(model, prompt, max_new_tokens, bkspc_id):
     tokens = prompt
     for _ in range(max_new_tokens):
         input_ids, position_ids, attn_mask = backspace_inputs(tokens, bkspc_id, prompt.size(1))
-        logits, _ = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
+        logits = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
         policy = logits[:, -1, :bkspc_id + 1].clone()
         depth = torch.tensor([len(apply_backspaces(row, bkspc_id)[0]) for row in tokens])
         policy[depth <= prompt.size(1), bkspc_id] = float('-inf')
@@ -145,7 +145,7 @@ def bench_sm_vs_mle(batch_size=12, model_batch_size=6, block_size=64, prompt_len
     model.train()
 
     def mle_step():
-        logits, _ = model(data[:, :-1])
+        logits = model(data[:, :-1])
         F.cross_entropy(logits[..., :BK + 1].flatten(0, 1), data[:, 1:].flatten()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -155,7 +155,7 @@ def bench_sm_vs_mle(batch_size=12, model_batch_size=6, block_size=64, prompt_len
         input_ids, position_ids, attn_mask = (torch.cat(pair) for pair in zip(data_inputs, rollout_inputs))
         all_actions, all_valid = torch.cat([actions, rollouts]), torch.cat([valid, rollout_valid])
         is_data = torch.arange(len(all_actions)) < batch_size
-        logits, _ = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
+        logits = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
         V, Q = soft_values(logits[..., :BK + 1], all_actions)
         expert = all_valid & is_data[:, None]
         loss_sm, _ = seqmatch_loss(V, Q, all_valid, expert, is_data, torch.zeros_like(all_valid), 0.998, 1.0)
@@ -231,11 +231,11 @@ def bench_gpu():
         return run
 
     def mle(x):
-        logits, _ = model(x[:, :-1])
+        logits = model(x[:, :-1])
         return F.cross_entropy(logits[..., :bk + 1].flatten(0, 1), x[:, 1:].flatten())
 
     def masked_logits(rows):
-        logits, _ = model(masked[0][:rows], position_ids=masked[1][:rows], attn_mask=masked[2][:rows])
+        logits = model(masked[0][:rows], position_ids=masked[1][:rows], attn_mask=masked[2][:rows])
         return soft_values(logits[..., :bk + 1], all_actions[:rows])
 
     def masked_bc():

@@ -117,7 +117,7 @@ def mistake_detection(model, tokenizer, problems, gamma):
         n = len(prefix) + len(target) + 1
         rows = [prefix + target[:i] + [c, bk] for i in range(len(target)) for c in range(bk)]
         x = torch.tensor([r + [0] * (n - len(r)) for r in rows], device=device)  # (len(target) * bk, n)
-        logits = model(x)[0][..., :bk + 1]  # (rows, n, A)
+        logits = model(x)[..., :bk + 1]  # (rows, n, A)
         V, Q = soft_values(logits, x)  # (rows, n) each
         probs = F.softmax(logits.float(), dim=-1)
         for i, right in enumerate(target):
@@ -150,7 +150,7 @@ def val_cross_entropy(model, data_dir, n_actions):
     for _ in range(eval_iters):
         ix = torch.randint(len(data) - block - 1, (12,))
         rows = torch.stack([torch.from_numpy(data[i:i + block + 1].astype(np.int64)) for i in ix]).to(device)
-        logits, _ = model(rows[:, :-1])
+        logits = model(rows[:, :-1])
         losses.append(F.cross_entropy(logits[..., :n_actions].flatten(0, 1), rows[:, 1:].flatten()).item())
     return sum(losses) / len(losses)
 

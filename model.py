@@ -143,11 +143,10 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None, position_ids=None, attn_mask=None, kv_cache=None):
+    def forward(self, idx, position_ids=None, attn_mask=None, kv_cache=None):
         """idx: (B, T) token ids. position_ids: (B, T), default 0.. (after the cached positions).
         attn_mask: (B, T, S) bool, True = may attend; S = T without a KV cache, else the cache's max_len
-        (KVCache.update); default causal. Returns logits (B, T, vocab_size) at every position and, given
-        targets (B, T), the mean cross-entropy over targets that are not -1."""
+        (KVCache.update); default causal. Returns the logits (B, T, vocab_size) at every position."""
         B, T = idx.size()
         past = kv_cache.length if kv_cache is not None else 0
         S = kv_cache.shape[4] if kv_cache is not None else T  # the keys each query is scored against
@@ -170,11 +169,7 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, vocab_size)
         if kv_cache is not None:
             kv_cache.length += T
-
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return logits
 
     def crop_block_size(self, block_size):
         """Use a smaller block size than the checkpoint's (e.g. GPT-2's 1024 on a CPU)."""

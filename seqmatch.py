@@ -289,7 +289,7 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
     stacks = Stacks(prompt, L)  # what the model reads at each position (section 2)
 
     kv_cache = KVCache(model.config, B, L)
-    logits, _ = model(prompt, kv_cache=kv_cache)  # the prompt is plain causal text
+    logits = model(prompt, kv_cache=kv_cache)  # the prompt is plain causal text
     for j in range(P, L):
         policy_logits = logits[:, -1, :bkspc_id + 1].clone()  # (B, A): base vocabulary + <bkspc>
         policy_logits[:, bkspc_id].masked_fill_((stacks.depth[:, 0] <= P) | (not allow_bkspc), float('-inf'))  # never into the prompt
@@ -302,8 +302,8 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
             done |= action == eos_id
         if j == L - 1 or done.all():
             break
-        logits, _ = model(stacks.input_ids[:, j:j + 1], position_ids=stacks.position_ids[:, j:j + 1],
-                          attn_mask=stacks.attends(j)[:, None, :], kv_cache=kv_cache)  # (B, 1, L) mask
+        logits = model(stacks.input_ids[:, j:j + 1], position_ids=stacks.position_ids[:, j:j + 1],
+                       attn_mask=stacks.attends(j)[:, None, :], kv_cache=kv_cache)  # (B, 1, L) mask
     return tokens, valid
 
 # -----------------------------------------------------------------------------

@@ -305,7 +305,7 @@ def estimate_loss():
             rows = data_rows(split, batch_size, block_size + 1)  # clean text, at random offsets
             x, y = to_device(rows[:, :-1], rows[:, 1:])
             with ctx:
-                logits, _ = model(x)
+                logits = model(x)
             losses[k] = F.cross_entropy(logits[..., :n_actions].flatten(0, 1).float(), y.flatten())
         out[split] = losses.mean().item()
     model.train()
@@ -330,7 +330,7 @@ def compute_loss(use_sm):
     if objective == 'mle':
         x, y = to_device(*next_batch())
         with ctx:
-            logits, _ = model(x)
+            logits = model(x)
         return F.cross_entropy(logits[..., :n_actions].flatten(0, 1).float(), y.flatten()), {}
     batch = to_device(*next_batch())  # the data rows, built in the background
     if use_sm:  # add rollouts from the replay buffer: one forward pass for data and model rows
@@ -344,7 +344,7 @@ def compute_loss(use_sm):
     expert = valid & is_data[:, None]  # every data transition is the expert's (seqmatch.py, section 3)
     done = valid & (tokens == eos_id) if eos_id is not None else torch.zeros_like(valid)
     with ctx:
-        logits, _ = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
+        logits = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
     V, Q = soft_values(logits[..., :n_actions], actions)  # (B, n) each, float32: all the losses read of the logits
     loss_bc = bc_loss(V, Q, expert)
     if not use_sm:

@@ -8,15 +8,15 @@ from model import KVCache
 def test_default_is_causal_and_equals_an_explicit_causal_mask(tiny_model):
     model = tiny_model()
     idx = torch.randint(0, 20, (3, 17))
-    logits, _ = model(idx)
+    logits = model(idx)
     assert logits.shape == (3, 17, 20)  # logits at every position
     causal = torch.ones(17, 17, dtype=torch.bool).tril().expand(3, 17, 17)
-    masked, _ = model(idx, position_ids=torch.arange(17).expand(3, 17), attn_mask=causal)
+    masked = model(idx, position_ids=torch.arange(17).expand(3, 17), attn_mask=causal)
     assert (logits - masked).abs().max() < 1e-5
     # causality: changing the last token changes no earlier logits
     idx2 = idx.clone()
     idx2[:, -1] = (idx[:, -1] + 1) % 20
-    assert (model(idx2)[0][:, :-1] - logits[:, :-1]).abs().max() < 1e-5
+    assert (model(idx2)[:, :-1] - logits[:, :-1]).abs().max() < 1e-5
 
 
 def assert_same_logits(incremental, full, how):
@@ -30,10 +30,10 @@ def assert_same_logits(incremental, full, how):
 def test_kv_cache_one_token_at_a_time_equals_full_forward(tiny_model):
     model = tiny_model()
     idx = torch.randint(0, 20, (2, 12))
-    full, _ = model(idx)
+    full = model(idx)
     cache = KVCache(model.config, batch_size=2, max_len=12)
-    first, _ = model(idx[:, :5], kv_cache=cache)  # a prompt, then one token per step
-    steps = [model(idx[:, t:t + 1], kv_cache=cache)[0] for t in range(5, 12)]
+    first = model(idx[:, :5], kv_cache=cache)  # a prompt, then one token per step
+    steps = [model(idx[:, t:t + 1], kv_cache=cache) for t in range(5, 12)]
     incremental = torch.cat([first] + steps, dim=1)
     assert cache.length == 12
     assert_same_logits(incremental, full, "one token per step after a prompt of 5")
@@ -43,22 +43,11 @@ def test_kv_cache_several_tokens_per_call_equals_full_forward(tiny_model):
     # after the first call, a chunk of 3 new tokens is causal among itself and sees every cached position
     model = tiny_model()
     idx = torch.randint(0, 20, (2, 12))
-    full, _ = model(idx)
+    full = model(idx)
     cache = KVCache(model.config, batch_size=2, max_len=12)
-    chunks = [model(idx[:, t:t + 3], kv_cache=cache)[0] for t in range(0, 12, 3)]
+    chunks = [model(idx[:, t:t + 3], kv_cache=cache) for t in range(0, 12, 3)]
     assert cache.length == 12
     assert_same_logits(torch.cat(chunks, dim=1), full, "3 tokens per call")
-
-
-def test_targets_give_cross_entropy_ignoring_minus_one(tiny_model):
-    model = tiny_model()
-    idx = torch.randint(0, 20, (2, 8))
-    targets = torch.randint(0, 20, (2, 8))
-    targets[0, :3] = -1
-    logits, loss = model(idx, targets)
-    keep = targets != -1
-    expected = torch.nn.functional.cross_entropy(logits[keep], targets[keep])
-    assert abs(loss.item() - expected.item()) < 1e-5
 
 
 def test_position_beyond_block_size_is_refused(tiny_model):

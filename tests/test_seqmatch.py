@@ -56,7 +56,7 @@ def last_logits_of_each_state(model, states):
     last = []
     for k in range(0, len(states), 256):
         chunk = states[k:k + 256]
-        logits, _ = model(torch.tensor([s + [0] * (n - len(s)) for s in chunk]))
+        logits = model(torch.tensor([s + [0] * (n - len(s)) for s in chunk]))
         last.append(logits[torch.arange(len(chunk)), torch.tensor([len(s) - 1 for s in chunk])])
     return torch.cat(last)  # (len(states), vocab)
 
@@ -84,7 +84,7 @@ def assert_rows_are_the_policy_at_each_state(model, tokens, n_prompt, bkspc_id):
         f"for tokens of shape {tuple(tokens.shape)} expected input_ids and position_ids of that shape and attn_mask "
         f"{tuple(tokens.shape + tokens.shape[1:])}, got {tuple(input_ids.shape)}, {tuple(position_ids.shape)}, "
         f"{tuple(attn_mask.shape)}")
-    logits, _ = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
+    logits = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
     for b in range(tokens.size(0)):
         states = [final_text(tokens[b, :j + 1], bkspc_id) for j in range(tokens.size(1))]
         fresh = last_logits_of_each_state(model, states)
@@ -190,12 +190,12 @@ class BiasedGPT(GPT):
         self.seen = []  # the last logits of each call: the policy of each step
         self.fed = []  # (tokens fed, positions already in the KV cache or None) of each call
 
-    def forward(self, idx, targets=None, position_ids=None, attn_mask=None, kv_cache=None):
+    def forward(self, idx, position_ids=None, attn_mask=None, kv_cache=None):
         self.fed.append((idx.size(1), kv_cache.length if kv_cache is not None else None))
-        logits, loss = super().forward(idx, targets, position_ids, attn_mask, kv_cache)
+        logits = super().forward(idx, position_ids, attn_mask, kv_cache)
         logits = logits + self.bias
         self.seen.append(logits[:, -1])
-        return logits, loss
+        return logits
 
 
 def test_rollouts_are_exact(tiny_model):
@@ -215,7 +215,7 @@ def test_rollouts_are_exact(tiny_model):
         for j in range(5, 45):
             if valid[b, j]:
                 state = final_text(tokens[b, :j], BK)
-                fresh, _ = model(torch.tensor([state]))
+                fresh = model(torch.tensor([state]))
                 diff = (fresh[0, -1] - step_logits[j - 5][b]).abs().max().item()
                 assert diff < 1e-5, (f"row {b}, position {j}: the logits that chose token {tokens[b, j].item()} differ "
                                      f"by {diff:.3g} from a fresh forward on its state {state} (the row so far: "
@@ -567,7 +567,7 @@ def test_seqmatch_loss_gradient_on_noisy_data_equals_bc(tiny_model, gamma):
     def gradient(loss_fn):
         # the cancellation holds transition by transition, for any logits: a plain causal forward serves
         model.zero_grad()
-        logits, _ = model(tokens)
+        logits = model(tokens)
         loss_fn(logits).backward()
         return torch.cat([p.grad.flatten() for p in model.parameters()])
 
