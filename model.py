@@ -40,19 +40,25 @@ class KVCache:
         self.kv = None  # allocated at the first update, with the activations' device and dtype (bf16 under autocast)
         self.length = 0  # number of positions already cached, the same for every row
 
+    def key_length(self, T, device):
+        """How many positions a call that adds T new ones attends over: on a GPU the whole cache, so that every
+        decode step has the same shapes (kernels are planned once, and a step could be captured as a CUDA
+        graph); elsewhere only the positions written so far (on a CPU attending over the rest costs time, up
+        to 1.2x a rollout, for nothing). The attention mask keeps every query off positions not yet written."""
+        return self.shape[4] if device.type == 'cuda' else self.length + T
+
     def update(self, layer, k, v):
         """k, v: (B, nh, T, hd), the T new positions of one layer. Writes them after the `length` cached
-        positions and returns the keys and values of the whole cache, (B, nh, max_len, hd) each: every call
-        attends over the same length (the same kernels each step on a GPU), and the attention mask keeps
-        each query off the positions not written yet. (Every layer writes at the same place: GPT.forward
-        advances `length` once all layers have run.)"""
+        positions and returns the keys and values of the first S = key_length(T) positions, (B, nh, S, hd)
+        each. (Every layer writes at the same place: GPT.forward advances `length` once all layers have run.)"""
         if self.kv is None:
             self.kv = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
         T = k.size(2)
         assert self.length + T <= self.shape[4], "KV cache is full"
         self.kv[layer, 0, :, :, self.length:self.length + T] = k
         self.kv[layer, 1, :, :, self.length:self.length + T] = v
-        return self.kv[layer, 0], self.kv[layer, 1]
+        S = self.key_length(T, k.device)
+        return self.kv[layer, 0, :, :, :S], self.kv[layer, 1, :, :, :S]
 
 
 class CausalSelfAttention(nn.Module):
@@ -145,11 +151,11 @@ class GPT(nn.Module):
 
     def forward(self, idx, position_ids=None, attn_mask=None, kv_cache=None):
         """idx: (B, T) token ids. position_ids: (B, T), default 0.. (after the cached positions).
-        attn_mask: (B, T, S) bool, True = may attend; S = T without a KV cache, else the cache's max_len
-        (KVCache.update); default causal. Returns the logits (B, T, vocab_size) at every position."""
+        attn_mask: (B, T, S) bool, True = may attend; S = T without a KV cache, else kv_cache.key_length(T);
+        default causal. Returns the logits (B, T, vocab_size) at every position."""
         B, T = idx.size()
         past = kv_cache.length if kv_cache is not None else 0
-        S = kv_cache.shape[4] if kv_cache is not None else T  # the keys each query is scored against
+        S = kv_cache.key_length(T, idx.device) if kv_cache is not None else T  # the keys each query is scored against
         # position ids never exceed the row's length (a state is at most as long as the row), so this
         # check covers them without reading them back from the device
         assert past + T <= self.config.block_size, f"row of {past + T} tokens > block_size {self.config.block_size}"

@@ -246,9 +246,9 @@ def noisy_rows(rows, p_noise, bkspc_id, eos_id=None, noise_fn=None, generator=No
 # All rows advance one position per step, so one KV cache serves the batch. Each step applies the stack
 # rule of section 2 (Stacks.push) and feeds the model what it says: the newest token, or the copy token
 # at a <bkspc>. The rows come out already in the training format: backspace_inputs(rows) reproduces
-# every logit used while sampling. Every step has the same shapes (one token per row, attending over the
-# whole preallocated cache, where positions not yet written are simply not on the stack), so a GPU
-# runs every step with the same kernels.
+# every logit used while sampling. On a GPU every step has the same shapes (one token per row, attending
+# over the whole preallocated cache, where positions not yet written are simply not on the stack), so
+# it runs every step with the same kernels.
 
 
 def sample_next(logits, temperature=1.0, top_k=None):
@@ -302,8 +302,9 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
             done |= action == eos_id
         if j == L - 1 or done.all():
             break
+        S = kv_cache.key_length(1, prompt.device)  # L on a GPU: every step the same shapes (KVCache)
         logits = model(stacks.input_ids[:, j:j + 1], position_ids=stacks.position_ids[:, j:j + 1],
-                       attn_mask=stacks.attends(j)[:, None, :], kv_cache=kv_cache)  # (B, 1, L) mask
+                       attn_mask=stacks.attends(j)[:, None, :S], kv_cache=kv_cache)  # (B, 1, S) mask
     return tokens, valid
 
 # -----------------------------------------------------------------------------

@@ -72,7 +72,7 @@ MISTAKES = {
     'generate recomputes each state from scratch': (
         'generate',
         "logits = model(stacks.input_ids[:, j:j + 1], position_ids=stacks.position_ids[:, j:j + 1],\n"
-        "                       attn_mask=stacks.attends(j)[:, None, :], kv_cache=kv_cache)",
+        "                       attn_mask=stacks.attends(j)[:, None, :S], kv_cache=kv_cache)",
         "logits = torch.stack([model(stacks.input_ids[b, stacks.stack[b, :stacks.depth[b, 0]]][None])[0, -1:]\n"
         "                              for b in range(B)])",
         "each step after the prompt feeds only the newest token"),

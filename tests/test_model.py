@@ -58,3 +58,16 @@ def test_position_beyond_block_size_is_refused(tiny_model):
         assert 'block_size' in str(e)
     else:
         raise AssertionError("a row longer than block_size must be refused")
+
+
+def test_kv_cache_attending_over_the_whole_cache_as_on_a_gpu_equals_full_forward(tiny_model, monkeypatch):
+    """On a GPU every call attends over the whole preallocated cache (same shapes each step); the causal mask
+    keeps each query off the positions not written yet. Forced here on the CPU."""
+    monkeypatch.setattr(KVCache, 'key_length', lambda self, T, device: self.shape[4])
+    model = tiny_model()
+    idx = torch.randint(0, 20, (2, 12))
+    full = model(idx)
+    cache = KVCache(model.config, batch_size=2, max_len=12)
+    first = model(idx[:, :5], kv_cache=cache)
+    steps = [model(idx[:, t:t + 1], kv_cache=cache) for t in range(5, 12)]
+    assert_same_logits(torch.cat([first] + steps, dim=1), full, "one token per step, attending over the whole cache")

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT
+from model import GPT, KVCache
 from seqmatch import add_noise, apply_backspaces, backspace_inputs, bc_loss, generate, seqmatch_loss, soft_values
 
 BK = 19  # <bkspc> in a vocabulary of 20: base tokens 0..18
@@ -220,6 +220,19 @@ def test_rollouts_are_exact(tiny_model):
                 assert diff < 1e-5, (f"row {b}, position {j}: the logits that chose token {tokens[b, j].item()} differ "
                                      f"by {diff:.3g} from a fresh forward on its state {state} (the row so far: "
                                      f"{tokens[b, :j].tolist()})")
+
+
+def test_rollouts_attending_over_the_whole_cache_as_on_a_gpu_are_the_same(tiny_model, monkeypatch):
+    """On a GPU each step attends over the whole preallocated cache (KVCache.key_length): the same tokens."""
+    model = BiasedGPT(tiny_model().config, bkspc_bias=2.5, eos_bias=-1.0).eval()
+    prompt = torch.randint(1, BK, (6, 4))
+    torch.manual_seed(3)
+    want = generate(model, prompt, 30, BK, eos_id=0)
+    monkeypatch.setattr(KVCache, 'key_length', lambda self, T, device: self.shape[4])
+    torch.manual_seed(3)
+    got = generate(model, prompt, 30, BK, eos_id=0)
+    for name, g, w in zip(('tokens', 'valid'), got, want):
+        assert torch.equal(g, w), f"{name} differ when each step attends over the whole cache: {g.tolist()} vs {w.tolist()}"
 
 
 def test_rollout_feeds_one_token_per_step_through_the_kv_cache(tiny_model):
