@@ -13,6 +13,7 @@ $ python eval.py --out_dirs=out-arithmetic-mle,out-arithmetic-bc,out-arithmetic-
 """
 import math
 import os
+import pickle
 import re
 from collections import Counter
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import GPT, load_checkpoint
+from model import GPT
 from seqmatch import apply_backspaces, generate, soft_values
 from tokenizer import Tokenizer
 
@@ -196,9 +197,12 @@ def text_row(model, tokenizer, data_dir):
 rows = []
 for out_dir in out_dirs.split(','):
     torch.manual_seed(seed)  # every checkpoint sees the same prompts and val batches
-    model, meta = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
+    try:
+        model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
+    except (FileNotFoundError, pickle.UnpicklingError) as e:  # no checkpoint, or one that could run code
+        raise SystemExit(f"error: {e}")
     model.eval()
-    config = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))['config']
+    meta, config = checkpoint['meta'], checkpoint['config']
     data_dir = os.path.join('data', config['dataset'])
     tokenizer = Tokenizer(meta)
     name = f"{out_dir} ({config['objective']})"

@@ -223,12 +223,12 @@ class GPT(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device='cpu'):
-        """A model saved by train.py, and the dataset's meta (vocabulary, bkspc_id, eos_id).
-        Raises what load_checkpoint raises."""
+        """A model saved by train.py, and its checkpoint's dict: 'meta' (the dataset's vocabulary, bkspc_id,
+        eos_id), 'config' (the run's settings), ... Raises what load_checkpoint raises."""
         checkpoint = load_checkpoint(path, device)
         model = cls(GPTConfig(**checkpoint['model_args']))
         model.load_state_dict(checkpoint['model'])
-        return model.to(device), checkpoint['meta']
+        return model.to(device), checkpoint
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # weight decay on matrices (Linear weights, embeddings), none on biases and LayerNorm gains

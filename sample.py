@@ -4,6 +4,7 @@ with --show_edits=True each sample also shows what was typed and then deleted.
 $ python sample.py --out_dir=out-shakespeare-seqmatch --show_edits=True
 """
 import os
+import pickle
 import sys
 
 import torch
@@ -29,9 +30,10 @@ if device == 'auto':
     device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 torch.manual_seed(seed)
 try:
-    model, meta = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
-except FileNotFoundError as e:
+    model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
+except (FileNotFoundError, pickle.UnpicklingError) as e:  # no checkpoint, or one that could run code
     raise SystemExit(f"error: {e}")
+meta = checkpoint['meta']
 model.eval()
 tokenizer = Tokenizer(meta)
 bkspc_id, eos_id = meta['bkspc_id'], meta['eos_id']

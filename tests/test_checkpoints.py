@@ -37,6 +37,13 @@ def test_a_checkpoint_that_carries_code_is_refused(shakespeare_char, tmp_path):
     result = run('train.py', f'--init_from={path}', f'--out_dir={tmp_path / "run"}', *TINY, check=False)
     assert result.returncode != 0
     assert result.stderr.strip() == message, result.stderr  # one line, no traceback
+    os.makedirs(tmp_path / 'shared')
+    os.replace(path, tmp_path / 'shared' / 'ckpt.pt')
+    for script in ('sample.py', 'eval.py'):  # the scripts that read another run's checkpoint
+        result = run(script, f'--out_dirs={tmp_path / "shared"}' if script == 'eval.py' else f'--out_dir={tmp_path / "shared"}',
+                     check=False)
+        assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert 'refused to load' in result.stderr, result.stderr
     assert not marker.exists(), "loading the checkpoint ran the code it carries"
 
 
