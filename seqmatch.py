@@ -2,10 +2,11 @@
 SequenceMatch (Cundy & Ermon, ICLR 2024) in one file, in the order of the method:
 
   1. States and actions: a trajectory is a row of tokens; the action <bkspc> deletes the last token.
-  2. Backspace masking: the policy at every state of a row in one forward pass.
+  2. Backspace masking: one stack rule gives the policy at every state of a row in one forward pass.
   3. Noise augmentation: data never contains <bkspc>, so we insert mistakes and their corrections.
   4. Rollouts: batched sampling with <bkspc> and a step-synchronous KV cache.
-  5. The loss: logits are soft Q-values; the chi^2-mixture objective on data and model transitions.
+  5. The loss: logits are soft Q-values, read as V and Q; the chi^2-mixture objective on data and model
+     transitions, and BC.
 
 What sections 1-4 are for (read section 5 first if you like): the logit l(a|u) of action a in state u is a
 soft Q-value, V(u) = logsumexp_a l(a|u) is the state's value and r = l(a|u) - gamma * V(u') is the reward
@@ -79,41 +80,38 @@ class Stacks:
           token left on top, with that token's position id;
       removed_at[:, i]: the position whose <bkspc> took position i off the stack (n while it is on it).
     All (B, n) LongTensors on the prompt's device. Starts from a prompt (B, P) of plain text, all rows as
-    long. (A slot of the stack always holds a position whose position id is the slot's index: so the
-    position id of whatever lands in slot s, pushed token or copy, is s.)"""
+    long. (Slot s of the stack always holds a position whose position id is s: a token pushed there, or
+    a copy of the one that was.)"""
 
     def __init__(self, prompt, n):
         B, P = prompt.shape
         device = prompt.device
         self.n = n
+        self.rows = torch.arange(B, device=device)
         self.input_ids = torch.zeros(B, n, dtype=torch.long, device=device)  # (B, n)
         self.input_ids[:, :P] = prompt
         self.position_ids = torch.arange(n, device=device).repeat(B, 1)  # (B, n): the prompt's are 0 .. P-1
-        # one spare column in the next two: a write that only a <bkspc> should make goes there otherwise
-        self.removed_at = torch.full((B, n + 1), n, device=device)  # (B, n + 1)
-        self.stack = torch.arange(n + 1, device=device).repeat(B, 1)  # (B, n + 1): stack[b, :depth[b]], bottom first
-        self.depth = torch.full((B, 1), P, device=device)  # (B, 1)
+        self.removed_at = torch.full((B, n), n, device=device)  # (B, n)
+        self.stack = torch.arange(n, device=device).repeat(B, 1)  # (B, n): stack[b, :depth[b]], bottom first
+        self.depth = torch.full((B,), P, device=device)  # (B,)
 
     def push(self, j, action, bkspc_id):
         """Position j of every row takes action (B,). A <bkspc> must leave at least one token on the stack."""
-        backspace = (action == bkspc_id)[:, None]  # (B, 1)
-        slot = self.depth - 2 * backspace  # (B, 1): where j goes: pushed on top, or the copy replacing the new top
-        top_and_deleted = self.stack.gather(1, torch.cat([slot, slot + 1], dim=1))  # (B, 2), if a <bkspc>
-        copied = self.input_ids.gather(1, top_and_deleted[:, :1])[:, 0]  # (B,): the token a <bkspc> copies
-        self.input_ids[:, j] = torch.where(backspace[:, 0], copied, action)
-        self.position_ids[:, j] = slot[:, 0]
-        leaving = torch.where(backspace, top_and_deleted, self.n)  # (B, 2): the spare column without a <bkspc>
-        self.removed_at.scatter_(1, leaving, j)
-        self.stack.scatter_(1, slot, j)
+        rows, depth = self.rows, self.depth
+        backspace = action == bkspc_id  # (B,)
+        top = self.stack[rows, (depth - 1).clamp(min=0)]  # (B,): the top, which a <bkspc> pops ...
+        below = self.stack[rows, (depth - 2).clamp(min=0)]  # ... and the entry below it, which its copy replaces
+        slot = torch.where(backspace, depth - 2, depth)  # (B,): where j goes on the stack
+        self.input_ids[:, j] = torch.where(backspace, self.input_ids[rows, below], action)
+        self.position_ids[:, j] = slot
+        for leaving in (top, below):  # a <bkspc> takes both off the stack (without one these writes change nothing)
+            self.removed_at[rows, leaving] = torch.where(backspace, j, self.removed_at[rows, leaving])
+        self.stack[rows, slot] = j
         self.depth = slot + 1
-
-    @property
-    def removed(self):
-        return self.removed_at[:, :self.n]  # (B, n), without the spare column
 
     def attends(self, j):
         """(B, n) bool: the keys that query j attends to, the rule of section 2 (keys after j are not written yet)."""
-        return (torch.arange(self.n, device=self.removed_at.device) <= j) & (self.removed > j)
+        return (torch.arange(self.n, device=self.removed_at.device) <= j) & (self.removed_at > j)
 
 
 @functools.lru_cache(maxsize=4)
@@ -167,7 +165,7 @@ def backspace_inputs(tokens, bkspc_id, n_prompt):
     # (numpy: torch would run this (B, n, n) pass on several threads, which on a busy 2-core CPU waits for
     # the training step's threads and takes 1000x longer)
     query = np.arange(n)[:, None]  # (n, 1)
-    attn_mask = (stacks.removed.cpu().numpy()[:, None, :] > query) & causal_mask(n)  # (B, n, n)
+    attn_mask = (stacks.removed_at.cpu().numpy()[:, None, :] > query) & causal_mask(n)  # (B, n, n)
     return stacks.input_ids, stacks.position_ids, torch.from_numpy(attn_mask).to(tokens.device)
 
 # -----------------------------------------------------------------------------
@@ -292,7 +290,7 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
     logits = model(prompt, kv_cache=kv_cache)  # the prompt is plain causal text
     for j in range(P, L):
         policy_logits = logits[:, -1, :bkspc_id + 1].clone()  # (B, A): base vocabulary + <bkspc>
-        policy_logits[:, bkspc_id].masked_fill_((stacks.depth[:, 0] <= P) | (not allow_bkspc), float('-inf'))  # never into the prompt
+        policy_logits[:, bkspc_id].masked_fill_((stacks.depth <= P) | (not allow_bkspc), float('-inf'))  # never into the prompt
         action = sample_next(policy_logits, temperature, top_k)
         action = torch.where(done, pad_id, action)  # after eos_id: padding, pushed like a token, read by no loss
         tokens[:, j] = action

@@ -73,11 +73,11 @@ MISTAKES = {
         'generate',
         "logits = model(stacks.input_ids[:, j:j + 1], position_ids=stacks.position_ids[:, j:j + 1],\n"
         "                       attn_mask=stacks.attends(j)[:, None, :S], kv_cache=kv_cache)",
-        "logits = torch.stack([model(stacks.input_ids[b, stacks.stack[b, :stacks.depth[b, 0]]][None])[0, -1:]\n"
+        "logits = torch.stack([model(stacks.input_ids[b, stacks.stack[b, :stacks.depth[b]]][None])[0, -1:]\n"
         "                              for b in range(B)])",
         "each step after the prompt feeds only the newest token"),
     'Stacks.push gives a copy the position id of the deleted token': (
-        'Stacks.push', "self.position_ids[:, j] = slot[:, 0]", "self.position_ids[:, j] = self.depth[:, 0]",
+        'Stacks.push', "self.position_ids[:, j] = slot", "self.position_ids[:, j] = depth",
         "the index of the state's last token in the state's text"),
     'KVCache.update writes every call at the start': (
         'KVCache.update', "self.kv[layer, 0, :, :, self.length:self.length + T] = k\n"
