@@ -1,6 +1,7 @@
 # Arithmetic at 10M parameters: an overlay, named after the pretrain's or an arm's config (the configurator
 # applies config files in order, so these values win over the ones before them):
-# python train.py config/arithmetic_pretrain.py config/arithmetic_10m.py --seed=1337 --out_dir=out-arithmetic-10m-pretrain-1337
+# python train.py config/arithmetic_pretrain.py config/arithmetic_10m.py --seed=1337 \
+#     --out_dir=out-arithmetic-10m-pretrain-1337
 # python train.py config/arithmetic_bc.py config/arithmetic_10m.py --seed=1337 \
 #     --init_from=out-arithmetic-10m-pretrain-1337/ckpt.pt --out_dir=out-arithmetic-10m-bc-1337
 # (the same for arithmetic_mle.py and arithmetic_seqmatch.py; docs/arithmetic.md has the loop over seeds)
@@ -12,7 +13,7 @@
 # SequenceMatch once switched on (rollouts included), about 40x the 0.8M recipe's 80 and 175 ms measured the same way:
 # extrapolated (not run to the end), some 5 hours for the pretrain and 10 for a seed's four runs (pretrain, MLE,
 # BC, SequenceMatch). Use a GPU.
-n_layer = 6  # the pretrain: 6 blocks (a fine-tune takes its architecture from the checkpoint, so arms ignore these three)
+n_layer = 6  # the pretrain: 6 blocks (a fine-tune takes its architecture from its checkpoint: arms ignore these 3)
 n_head = 6  # ... of 6 heads
 n_embd = 384  # ... on a 384-wide residual stream: 10.7M parameters, against 0.8M at 4 x 128
 batch_size = 48  # data rows per step, 4x the 0.8M recipe's 12, in the pretrain and every arm
