@@ -1,7 +1,7 @@
 # Arithmetic, step 2, SequenceMatch: fine-tune the pretrained model with bc (as arithmetic_bc.py) for
 # bc_warmup_iters, then with the chi^2-mixture loss on data and on the model's own answers to training
 # questions. Same start, data rows and steps as arithmetic_mle.py. Settings chosen on the validation
-# questions (README: what we tried).
+# questions (docs/arithmetic.md: every setting tried).
 # python train.py config/arithmetic_seqmatch.py
 out_dir = 'out-arithmetic-seqmatch'
 init_from = 'out-arithmetic-pretrain/ckpt.pt'

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, run
+from conftest import TINY, checkpoint, run
 from data.arithmetic.noise import wrong_digit_noise
 from seqmatch import add_noise, apply_backspaces
 
@@ -97,6 +97,20 @@ def test_pretrain_then_three_arms_then_eval(arithmetic, tmp_path):
         assert len(cells) == 12, row
         assert all(0 <= c <= 1 for c in cells[:10]), row  # accuracies, rates and probabilities
         assert all(math.isfinite(c) for c in cells[10:]), row  # implicit rewards
+
+
+def test_the_10m_overlay_applies_after_the_pretrain_and_an_arm(arithmetic, tmp_path):
+    """config/arithmetic_10m.py, named after another config, wins over it: the pretrain gets the 10M model and
+    every run the 10M batches."""
+    out, _ = arithmetic
+    short = [f'--dataset={out}', '--max_iters=1', '--eval_iters=1', '--block_size=80', '--device=cpu']
+    run('train.py', 'config/arithmetic_pretrain.py', 'config/arithmetic_10m.py', f'--out_dir={tmp_path / "pre"}', *short)
+    pretrained = checkpoint(tmp_path / 'pre')
+    assert {k: pretrained['model_args'][k] for k in ('n_layer', 'n_head', 'n_embd')} == dict(n_layer=6, n_head=6, n_embd=384)
+    run('train.py', 'config/arithmetic_bc.py', 'config/arithmetic_10m.py', f'--init_from={tmp_path / "pre" / "ckpt.pt"}',
+        f'--out_dir={tmp_path / "bc"}', *short)
+    config = checkpoint(tmp_path / 'bc')['config']
+    assert (config['objective'], config['batch_size'], config['model_batch_size'], config['buffer_size']) == ('bc', 48, 48, 960)
 
 
 def test_ground_truth_noise_is_a_function_of_the_batch_generator(arithmetic):
