@@ -277,12 +277,16 @@ def bench_gpu():
 
     def sm_and_bc():
         V, Q = soft_values(logits[..., :bk + 1], targets)
-        return 0.5 * seqmatch_loss(V, Q, all_valid, expert, is_data, done, 0.998, 1.0)[0] + 0.5 * bc_loss(V, Q, expert)
+        loss_sm, _ = seqmatch_loss(V, Q, all_valid, expert, is_data, done, 0.998, 1.0)
+        return 0.5 * loss_sm + 0.5 * bc_loss(V, Q, expert)
 
-    losses = {'F.cross_entropy, unsliced logits': loss_time(lambda: F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())),
-              "train.py's MLE cross-entropy (vocabulary slice)": loss_time(lambda: F.cross_entropy(logits[..., :bk + 1].flatten(0, 1), targets.flatten())),
-              'bc_loss (soft_values)': loss_time(lambda: bc_loss(*soft_values(logits[..., :bk + 1], targets), expert)),
-              '0.5 seqmatch_loss + 0.5 bc_loss, as train.py': loss_time(sm_and_bc)}
+    policy_logits = logits[..., :bk + 1]  # (rows, n, A): the action space, a view
+    losses = {
+        'F.cross_entropy, unsliced logits': loss_time(lambda: F.cross_entropy(logits.flatten(0, 1), targets.flatten())),
+        "train.py's MLE cross-entropy (vocabulary slice, fp32)":
+            loss_time(lambda: F.cross_entropy(policy_logits.flatten(0, 1).float(), targets.flatten())),
+        'bc_loss (soft_values)': loss_time(lambda: bc_loss(*soft_values(policy_logits, targets), expert)),
+        '0.5 seqmatch_loss + 0.5 bc_loss, as train.py': loss_time(sm_and_bc)}
     print(f"\n| the loss alone, fwd + bwd on ({rows}, {n}, 50304) {logits.dtype} logits | ms |\n|---|---|")
     for what, ms in losses.items():
         print(f"| {what} | {ms:.1f} |")
@@ -301,7 +305,8 @@ def bench_gpu():
         base = torch.cuda.memory_allocated()
         logits.grad = None
         sm_and_bc().backward()
-        print(f"peak memory of SM + BC fwd + bwd above the logits: {(torch.cuda.max_memory_allocated() - base) / 2 ** 30:.2f} GiB")
+        peak_gib = (torch.cuda.max_memory_allocated() - base) / 2 ** 30
+        print(f"peak memory of SM + BC fwd + bwd above the logits: {peak_gib:.2f} GiB")
     del logits
 
     # decoding: ms per step on the first call (each length new to the kernels) and on a second call
