@@ -256,7 +256,7 @@ def bench_gpu():
     peak = 989e12 if 'H100' in name or 'H200' in name else None  # dense bf16 FLOP/s; MFU only where we know it
     print(f"(d) on {name}, torch {torch.__version__}, {'bf16 autocast' if cuda else 'fp32'}; "
           f"{shape['n_layer']}L/{shape['n_embd']}, vocabulary 50304, rows of {n} tokens")
-    print(f"| step, fwd + bwd + AdamW | rows | ms | tok/s | MFU |\n|---|---|---|---|---|")
+    print("| step, fwd + bwd + AdamW | rows | ms | tok/s | MFU |\n|---|---|---|---|---|")
     for (what, ms), rows in zip(t.items(), (n_data, n_data, n_data + n_model, n_data + n_model)):
         mfu = f"{flops * rows * n / (ms / 1000) / peak:.1%}" if peak else "n/a"
         print(f"| {what} | {rows} | {ms:.1f} | {rows * n / (ms / 1000):,.0f} | {mfu} |")
@@ -307,7 +307,7 @@ def bench_gpu():
         sm_and_bc().backward()
         peak_gib = (torch.cuda.max_memory_allocated() - base) / 2 ** 30
         print(f"peak memory of SM + BC fwd + bwd above the logits: {peak_gib:.2f} GiB")
-    del logits
+    logits = policy_logits = None  # frees the memory before decoding
 
     # decoding: ms per step on the first call (each length new to the kernels) and on a second call
     model.eval()

@@ -163,7 +163,7 @@ def test_older_checkpoints_resume_or_say_why_not(shakespeare_char, tmp_path):
     torch.save(batch_thread, tmp_path / 'batch_thread' / 'ckpt.pt')
     result = run('train.py', f'--out_dir={tmp_path / "batch_thread"}', '--objective=bc', '--max_iters=6',
                  '--eval_interval=4', '--init_from=resume', *TINY)
-    assert f'at iter 4, 0m00s elapsed before' in result.stdout and 'iter 5:' in result.stdout
+    assert 'at iter 4, 0m00s elapsed before' in result.stdout and 'iter 5:' in result.stdout
     # as the first train.py saved them: the random state and the replay buffer at the top, no scaler
     first = {k: v for k, v in now.items() if k not in ('processes', 'scaler')}
     first.update(rng=[now['processes'][0]['rng']], replay=now['processes'][0]['replay'])

@@ -101,7 +101,6 @@ def test_diverging_loss_stops_without_touching_the_checkpoint(shakespeare_char, 
     assert all(torch.equal(good['model'][k], after['model'][k]) for k in good['model'])
 
 
-
 def help_settings(script):
     """The settings that `python script --help` lists: {name: its line}."""
     result = run(script, '--help')
