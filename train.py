@@ -286,6 +286,9 @@ if checkpoint is not None:
         state = checkpoint['processes'][0]
     replay = state['replay']
 checkpoint = None  # free up memory
+# a rollout's masked inputs are built once, as it enters the buffer, not each time it is drawn (derived: not saved)
+MASKED = ('input_ids', 'position_ids', 'attn_mask')
+replay.update(zip(MASKED, backspace_inputs(replay['tokens'], bkspc_id, prompt_len)))
 
 raw_model = model
 if compile:
@@ -322,7 +325,9 @@ def refresh_rollouts():
         tokens, valid = generate(raw_model, prompts, block_size - prompt_len, bkspc_id,
                                  temperature=temperature, top_k=top_k or None, eos_id=eos_id)
     raw_model.train()
-    replay = {k: torch.cat([replay[k], v.cpu()])[-buffer_size:] for k, v in (('tokens', tokens), ('valid', valid))}
+    new = {'tokens': tokens.cpu(), 'valid': valid.cpu()}
+    new.update(zip(MASKED, backspace_inputs(new['tokens'], bkspc_id, prompt_len)))
+    replay = {k: torch.cat([replay[k], new[k]])[-buffer_size:] for k in replay}
     return ((tokens == bkspc_id) & valid).sum().item() / max(valid.sum().item(), 1)
 
 def compute_loss(use_sm):
@@ -335,9 +340,8 @@ def compute_loss(use_sm):
     batch = to_device(*next_batch())  # the data rows, built in the background
     if use_sm:  # add rollouts from the replay buffer: one forward pass for data and model rows
         pick = torch.randint(len(replay['tokens']), (model_batch_size,))
-        tokens, valid = replay['tokens'][pick], replay['valid'][pick]  # (model_batch_size, block_size)
-        # a rollout's actions are its tokens; its rows are few, so they are masked here, on the critical path
-        rollouts = to_device(tokens, tokens, valid, *backspace_inputs(tokens, bkspc_id, prompt_len))
+        # (model_batch_size, ...) each; a rollout's actions are its tokens
+        rollouts = to_device(*(replay[k][pick] for k in ('tokens', 'tokens', 'valid', *MASKED)))
         batch = [torch.cat(pair) for pair in zip(batch, rollouts)]  # (B, ...): data rows first
     tokens, actions, valid, input_ids, position_ids, attn_mask = batch
     is_data = torch.arange(len(tokens), device=device) < batch_size  # (B,)
@@ -376,7 +380,7 @@ def save_checkpoint():
     It holds tensors, numbers, strings, lists and dicts only: all that model.load_checkpoint reads."""
     global saved_iter
     # what each process needs to continue exactly: its random stream and its replay buffer (batches need nothing)
-    state = {'rng': torch.get_rng_state(), 'replay': replay,
+    state = {'rng': torch.get_rng_state(), 'replay': {k: replay[k] for k in ('tokens', 'valid')},
              'cuda_rng': torch.cuda.get_rng_state() if device_type == 'cuda' else None}
     processes = [state]
     if ddp:
