@@ -194,17 +194,9 @@ def bench_gpu():
     model = GPT(GPTConfig(vocab_size=50304, dropout=0.0, bias=True, **shape)).to(device)
     optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device)
 
-    def timed(fn, n_steps=steps):
-        """Median ms of fn() after 3 warm-up calls (CUDA: synchronised around each call)."""
-        times = []
-        for i in range(n_steps + 3):
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            if i >= 3:
-                times.append(time.perf_counter() - t0)
-        return 1000 * sorted(times)[len(times) // 2]
+    def timed(fn):
+        """Median ms of fn() after 3 warm-up calls (CUDA: each call waits for the GPU to finish it)."""
+        return 1000 * median_time(lambda: (fn(), sync()), steps)
 
     # rows as train.py builds them: noisy data rows, and rollout rows of the model itself
     data = torch.randint(0, eos, (n_data, n + 1))

@@ -215,10 +215,6 @@ def micro_batches(start):
         yield batch
     yield upcoming.result()
 
-def next_batch():
-    """The next training micro-batch: a list of CPU tensors (see train_batch)."""
-    return next(batches)
-
 # model init
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                   vocab_size=meta['vocab_size'], dropout=dropout)
@@ -288,7 +284,8 @@ if checkpoint is not None:
 checkpoint = None  # free up memory
 # a rollout's masked inputs are built once, as it enters the buffer, not each time it is drawn (derived: not saved)
 MASKED = ('input_ids', 'position_ids', 'attn_mask')
-replay.update(zip(MASKED, backspace_inputs(replay['tokens'], bkspc_id, prompt_len)))
+if objective == 'seqmatch':  # (the only objective with rollouts)
+    replay.update(zip(MASKED, backspace_inputs(replay['tokens'], bkspc_id, prompt_len)))
 
 raw_model = model
 if compile:
@@ -333,11 +330,11 @@ def refresh_rollouts():
 def compute_loss(use_sm):
     """The loss of one micro-batch and a dict of stats for the log."""
     if objective == 'mle':
-        x, y = to_device(*next_batch())
+        x, y = to_device(*next(batches))
         with ctx:
             logits = model(x)
         return F.cross_entropy(logits[..., :n_actions].flatten(0, 1).float(), y.flatten()), {}
-    batch = to_device(*next_batch())  # the data rows, built in the background
+    batch = to_device(*next(batches))  # the data rows, built in the background (micro_batches)
     if use_sm:  # add rollouts from the replay buffer: one forward pass for data and model rows
         pick = torch.randint(len(replay['tokens']), (model_batch_size,))
         # (model_batch_size, ...) each; a rollout's actions are its tokens
