@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from model import GPT, GPTConfig
-from seqmatch import (add_noise, apply_backspaces, backspace_inputs, bc_loss, generate, noisy_rows, sample_next,
-                      seqmatch_loss, soft_values)
+from seqmatch import (add_noise, apply_backspaces, attention_mask, backspace_inputs, bc_loss, chunked_soft_values,
+                      generate, noisy_rows, sample_next, seqmatch_loss)
 
 which = 'all'  # 'step', 'rollout', 'pipeline', 'gpu' or 'all'
 steps = 30  # timed training steps per measurement (after 3 warm-up steps); fewer are noisy on small models
@@ -68,7 +68,8 @@ def bench_step(n_layer, n_head, n_embd, batch_size, block_size):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     data = torch.randint(0, VOCAB, (batch_size, block_size))
     noisy = torch.stack([add_noise(row, 0.1, BK)[0][:block_size] for row in data])  # (B, T)
-    input_ids, position_ids, attn_mask = backspace_inputs(noisy, BK, 1)
+    input_ids, position_ids, removed_at = backspace_inputs(noisy, BK, 1)
+    attn_mask = attention_mask(removed_at)
     causal = time_steps(model, optimizer, dict(idx=data), steps)
     masked = time_steps(model, optimizer, dict(idx=input_ids, position_ids=position_ids, attn_mask=attn_mask), steps)
     print(f"(a) {n_layer}L/{n_embd} batch {batch_size}x{block_size}: causal {causal * 1000:.0f} ms, "
@@ -80,8 +81,8 @@ def generate_recompute(model, prompt, max_new_tokens, bkspc_id):
     """The slow reference: every step runs the model on the whole row so far (masked, as in training)."""
     tokens = prompt
     for _ in range(max_new_tokens):
-        input_ids, position_ids, attn_mask = backspace_inputs(tokens, bkspc_id, prompt.size(1))
-        logits = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
+        input_ids, position_ids, removed_at = backspace_inputs(tokens, bkspc_id, prompt.size(1))
+        logits = model(input_ids, position_ids=position_ids, attn_mask=attention_mask(removed_at))
         policy = logits[:, -1, :bkspc_id + 1].clone()
         depth = torch.tensor([len(apply_backspaces(row, bkspc_id)[0]) for row in tokens])
         policy[depth <= prompt.size(1), bkspc_id] = float('-inf')
@@ -118,8 +119,9 @@ def bench_pipeline(batch_size=8, block_size=1024, p_noise=0.02):
     # would take seconds per step on this CPU)
     model = make_model(4, 4, 128, block_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    inputs = backspace_inputs(tokens % VOCAB, VOCAB + 1, 1)  # the same rows, without <bkspc>
-    step = time_steps(model, optimizer, dict(zip(('idx', 'position_ids', 'attn_mask'), inputs)), max(steps // 3, 3))
+    input_ids, position_ids, removed_at = backspace_inputs(tokens % VOCAB, VOCAB + 1, 1)  # the same rows, no <bkspc>
+    inputs = dict(idx=input_ids, position_ids=position_ids, attn_mask=attention_mask(removed_at))
+    step = time_steps(model, optimizer, inputs, max(steps // 3, 3))
     n = batch_size * block_size
     print(f"(c) micro-batch {batch_size}x{block_size}, p_noise {p_noise}: preparing it (noise + masking) "
           f"{prepare * 1000:.1f} ms = {n / prepare:,.0f} tok/s; a 4L/128 training step at that shape "
@@ -141,7 +143,7 @@ def bench_sm_vs_mle(batch_size=12, model_batch_size=6, block_size=64, prompt_len
     model.eval()
     prompts = torch.randint(0, VOCAB, (rollouts_per_sample, prompt_len))
     refresh = median_time(lambda: generate(model, prompts, block_size - prompt_len, BK), max(steps // 10, 1), 1)
-    rollouts, rollout_valid = generate(model, prompts[:model_batch_size], block_size - prompt_len, BK)
+    rollouts, rollout_valid, _ = generate(model, prompts[:model_batch_size], block_size - prompt_len, BK)
     model.train()
 
     def mle_step():
@@ -152,11 +154,12 @@ def bench_sm_vs_mle(batch_size=12, model_batch_size=6, block_size=64, prompt_len
 
     def sm_step():
         rollout_inputs = backspace_inputs(rollouts, BK, prompt_len)
-        input_ids, position_ids, attn_mask = (torch.cat(pair) for pair in zip(data_inputs, rollout_inputs))
+        input_ids, position_ids, removed_at = (torch.cat(pair) for pair in zip(data_inputs, rollout_inputs))
+        attn_mask = attention_mask(removed_at)
         all_actions, all_valid = torch.cat([actions, rollouts]), torch.cat([valid, rollout_valid])
         is_data = torch.arange(len(all_actions)) < batch_size
         logits = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
-        V, Q = soft_values(logits[..., :BK + 1], all_actions)
+        V, Q = chunked_soft_values(logits[..., :BK + 1], all_actions)
         expert = all_valid & is_data[:, None]
         loss_sm, _ = seqmatch_loss(V, Q, all_valid, expert, is_data, torch.zeros_like(all_valid), 0.998, 1.0)
         (0.5 * loss_sm + 0.5 * bc_loss(V, Q, expert)).backward()
@@ -202,7 +205,7 @@ def bench_gpu():
     data = torch.randint(0, eos, (n_data, n + 1))
     tokens, actions, valid = noisy_rows(data[:, :n], 0.02, bk, eos)
     model.eval()
-    rollouts, rollout_valid = generate(model, data[:n_model, :n // 2].to(device), n - n // 2, bk, eos_id=eos)
+    rollouts, rollout_valid, _ = generate(model, data[:n_model, :n // 2].to(device), n - n // 2, bk, eos_id=eos)
     model.train()
     all_tokens = torch.cat([tokens, rollouts.cpu()])
     all_actions, all_valid = torch.cat([actions, rollouts.cpu()]), torch.cat([valid, rollout_valid.cpu()])
@@ -227,8 +230,8 @@ def bench_gpu():
         return F.cross_entropy(logits[..., :bk + 1].flatten(0, 1), x[:, 1:].flatten())
 
     def masked_logits(rows):
-        logits = model(masked[0][:rows], position_ids=masked[1][:rows], attn_mask=masked[2][:rows])
-        return soft_values(logits[..., :bk + 1], all_actions[:rows])
+        logits = model(masked[0][:rows], position_ids=masked[1][:rows], attn_mask=attention_mask(masked[2][:rows]))
+        return chunked_soft_values(logits[..., :bk + 1], all_actions[:rows])
 
     def masked_bc():
         return bc_loss(*masked_logits(n_data), expert[:n_data])
@@ -268,7 +271,7 @@ def bench_gpu():
         return timed(run)
 
     def sm_and_bc():
-        V, Q = soft_values(logits[..., :bk + 1], targets)
+        V, Q = chunked_soft_values(logits[..., :bk + 1], targets)
         loss_sm, _ = seqmatch_loss(V, Q, all_valid, expert, is_data, done, 0.998, 1.0)
         return 0.5 * loss_sm + 0.5 * bc_loss(V, Q, expert)
 
@@ -277,7 +280,7 @@ def bench_gpu():
         'F.cross_entropy, unsliced logits': loss_time(lambda: F.cross_entropy(logits.flatten(0, 1), targets.flatten())),
         "train.py's MLE cross-entropy (vocabulary slice, fp32)":
             loss_time(lambda: F.cross_entropy(policy_logits.flatten(0, 1).float(), targets.flatten())),
-        'bc_loss (soft_values)': loss_time(lambda: bc_loss(*soft_values(policy_logits, targets), expert)),
+        'bc_loss (chunked_soft_values)': loss_time(lambda: bc_loss(*chunked_soft_values(policy_logits, targets), expert)),
         '0.5 seqmatch_loss + 0.5 bc_loss, as train.py': loss_time(sm_and_bc)}
     print(f"\n| the loss alone, fwd + bwd on ({rows}, {n}, 50304) {logits.dtype} logits | ms |\n|---|---|")
     for what, ms in losses.items():

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import GPT
-from seqmatch import apply_backspaces, generate, soft_values
+from batches import dataset_dir, random_windows
+from model import GPT, auto_device
+from seqmatch import apply_backspaces, generate, mle_loss, soft_values
 from tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
@@ -37,8 +38,7 @@ seed = 1337  # random seed of the batches, prompts and samples
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'mps'
 # -----------------------------------------------------------------------------
 exec(open('configurator.py').read())  # overrides from the command line or a config file
-if device == 'auto':
-    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+device = auto_device(device)
 
 
 def typed_and_deleted(prompt, actions, bkspc_id):
@@ -76,7 +76,7 @@ def answer_questions(model, tokenizer, problems, temp, n_samples, allow_bkspc=Tr
         for chunk in range(0, len(ks), 1024):  # bounds the KV cache's memory
             group = ks[chunk:chunk + 1024]
             prompts = torch.tensor([prompts_of[k] for k in group], device=device)  # (len(group), length)
-            tokens, valid = generate(model, prompts, model.config.block_size - length, tokenizer.bkspc_id,
+            tokens, valid, _ = generate(model, prompts, model.config.block_size - length, tokenizer.bkspc_id,
                                      temperature=temp, eos_id=tokenizer.eos_id, allow_bkspc=allow_bkspc)
             for k, prompt, row, ok in zip(group, prompts.tolist(), tokens[:, length:].tolist(),
                                           valid[:, length:].tolist()):
@@ -145,14 +145,10 @@ def mistake_detection(model, tokenizer, problems, gamma):
 
 @torch.no_grad()
 def val_cross_entropy(model, data_dir, n_actions):
-    data = np.memmap(os.path.join(data_dir, 'val.bin'), dtype=np.uint16, mode='r')
-    block = model.config.block_size
     losses = []
     for _ in range(eval_iters):
-        ix = torch.randint(len(data) - block - 1, (12,))
-        rows = torch.stack([torch.from_numpy(data[i:i + block + 1].astype(np.int64)) for i in ix]).to(device)
-        logits = model(rows[:, :-1])
-        losses.append(F.cross_entropy(logits[..., :n_actions].flatten(0, 1), rows[:, 1:].flatten()).item())
+        rows = random_windows(data_dir, 'val', 12, model.config.block_size + 1).to(device)
+        losses.append(mle_loss(model(rows[:, :-1])[..., :n_actions], rows[:, 1:]).item())
     return sum(losses) / len(losses)
 
 
@@ -163,10 +159,8 @@ WORD = re.compile(r"[A-Za-z']+")
 def text_row(model, tokenizer, data_dir):
     bkspc_id = tokenizer.bkspc_id
     ce = val_cross_entropy(model, data_dir, bkspc_id + 1)
-    data = np.memmap(os.path.join(data_dir, 'val.bin'), dtype=np.uint16, mode='r')
-    ix = torch.randint(len(data) - prompt_len, (num_samples,))
-    prompts = torch.stack([torch.from_numpy(data[i:i + prompt_len].astype(np.int64)) for i in ix]).to(device)
-    tokens, valid = generate(model, prompts, model.config.block_size - prompt_len, bkspc_id,
+    prompts = random_windows(data_dir, 'val', num_samples, prompt_len).to(device)
+    tokens, valid, _ = generate(model, prompts, model.config.block_size - prompt_len, bkspc_id,
                              temperature=temperature, eos_id=tokenizer.eos_id)
     texts, n_actions, deletions = [], 0, []
     for prompt, row, ok in zip(prompts.tolist(), tokens[:, prompt_len:].tolist(), valid[:, prompt_len:].tolist()):
@@ -203,7 +197,7 @@ for out_dir in out_dirs.split(','):
         raise SystemExit(f"error: {e}")
     model.eval()
     meta, config = checkpoint['meta'], checkpoint['config']
-    data_dir = os.path.join('data', config['dataset'])
+    data_dir = dataset_dir(config['dataset'])
     tokenizer = Tokenizer(meta)
     name = f"{out_dir} ({config['objective']})"
     if meta.get('task') == 'arithmetic':

@@ -3,33 +3,39 @@ Make a student copy of this repository with some functions left for the student 
 
     python exercise.py backspace_inputs seqmatch_loss --out=../student
 
-copies the repository's files to DIR, replaces the body of each named function by
+copies the repository's files to DIR, replaces the body of each function of the named exercises by
 `raise NotImplementedError` (its signature and docstring stay: they are the contract the student
 implements), and prints the command that grades each one. The tests are named after the function they
 grade, so a grading command is pytest with a -k selection; tests/test_exercises.py checks that each
-selection fails on the blank function and that every other test still passes.
+selection fails on the blank exercise and that every other test still passes, but for the tests of the
+exercises that call it (Stacks.push is the stack rule of both backspace_inputs and generate).
 """
 import argparse
 import ast
 import os
 import shutil
 import subprocess
+from collections import namedtuple
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
-# exercise: (file, function or Class.method, the pytest -k selection of the tests that grade it)
+# path: the file; functions: what the student writes ('f' or 'Class.f'); selection: the pytest -k selection of the
+# tests that grade it; calls: the exercises it calls, whose graders pass first (the selection calls no others)
+Exercise = namedtuple('Exercise', 'path functions selection calls')
 EXERCISES = {
-    'apply_backspaces': ('seqmatch.py', 'apply_backspaces', 'apply_backspaces'),
-    # the stack rule, which both the masking and the rollouts run (the refusal of a bad row is checked before it)
-    'Stacks.push': ('seqmatch.py', 'Stacks.push', '(masking and not refuses) or rollout'),
-    'backspace_inputs': ('seqmatch.py', 'backspace_inputs', 'masking'),
-    'add_noise': ('seqmatch.py', 'add_noise', 'add_noise'),
-    'generate': ('seqmatch.py', 'generate', 'rollout'),
-    'soft_values': ('seqmatch.py', 'soft_values', 'soft_values'),
-    'seqmatch_loss': ('seqmatch.py', 'seqmatch_loss', 'seqmatch_loss'),
-    'bc_loss': ('seqmatch.py', 'bc_loss', 'bc_loss'),
-    # the rollouts run on the KV cache, so their tests grade it too
-    'KVCache.update': ('model.py', 'KVCache.update', 'kv_cache or rollout'),
+    'apply_backspaces': Exercise('seqmatch.py', ['apply_backspaces'], 'apply_backspaces', []),
+    'Stacks.push': Exercise('seqmatch.py', ['Stacks.push'], 'stacks_push', []),  # the stack rule
+    'backspace_inputs': Exercise('seqmatch.py', ['backspace_inputs'], 'masking', ['Stacks.push']),
+    'add_noise': Exercise('seqmatch.py', ['add_noise'], 'add_noise', []),
+    'generate': Exercise('seqmatch.py', ['generate', 'sample_next'], 'rollout', ['Stacks.push', 'KVCache.update']),
+    # the definition; the chunked version is blanked too, so that nothing in the copy computes V and Q
+    'soft_values': Exercise('seqmatch.py', ['soft_values', 'SoftValues.forward', 'SoftValues.backward'],
+                            'soft_values', []),
+    # advanced: the same numbers a chunk at a time, with the backward by hand (graded on memory too)
+    'SoftValues': Exercise('seqmatch.py', ['SoftValues.forward', 'SoftValues.backward'], 'chunked_soft_values', []),
+    'seqmatch_loss': Exercise('seqmatch.py', ['seqmatch_loss'], 'seqmatch_loss', []),
+    'bc_loss': Exercise('seqmatch.py', ['bc_loss'], 'bc_loss', []),
+    'KVCache.update': Exercise('model.py', ['KVCache.update'], 'kv_cache', []),
 }
 CORE_TESTS = ['tests/test_seqmatch.py', 'tests/test_model.py']  # the test files that grade the exercises
 # these check the teacher's copy, whose functions are all written: in a student copy they could only fail
@@ -37,7 +43,7 @@ TEACHER_ONLY = {'exercise.py', 'tests/test_exercises.py'}
 
 
 def grading_command(exercise):
-    return f'python -m pytest -q {" ".join(CORE_TESTS)} -k "{EXERCISES[exercise][2]}"'
+    return f'python -m pytest -q {" ".join(CORE_TESTS)} -k "{EXERCISES[exercise].selection}"'
 
 
 def blank(source, qualname):
@@ -65,11 +71,13 @@ def make_student_copy(exercises, out):
         os.makedirs(os.path.dirname(os.path.join(out, path)), exist_ok=True)
         shutil.copy2(os.path.join(ROOT, path), os.path.join(out, path))
     for exercise in exercises:
-        path, qualname, _ = EXERCISES[exercise]
+        path, functions = EXERCISES[exercise].path, EXERCISES[exercise].functions
         with open(os.path.join(out, path)) as f:
             source = f.read()
+        for qualname in functions:
+            source = blank(source, qualname)
         with open(os.path.join(out, path), 'w') as f:
-            f.write(blank(source, qualname))
+            f.write(source)
 
 
 if __name__ == '__main__':
@@ -84,5 +92,6 @@ if __name__ == '__main__':
         raise SystemExit(f"error: {e}")
     print(f"wrote a student copy to {args.out}; in it, implement each function and grade it with:")
     for exercise in args.exercises:
-        path, qualname, _ = EXERCISES[exercise]
-        print(f"  {qualname} ({path}):  {grading_command(exercise)}")
+        path, functions, _, calls = EXERCISES[exercise]
+        print(f"  {', '.join(functions)} ({path}):  {grading_command(exercise)}"
+              + (f"  (it calls {' and '.join(calls)}: grade that first)" if calls else ''))

@@ -7,6 +7,7 @@ that SequenceMatch needs (see seqmatch.py, section 2, backspace masking):
 With none of them given, forward() is ordinary causal language modelling.
 """
 
+import contextlib
 import math
 import os
 import pickle
@@ -43,8 +44,8 @@ class KVCache:
     def key_length(self, T, device):
         """How many positions a call that adds T new ones attends over: on a GPU the whole cache, so that every
         decode step has the same shapes (kernels are planned once, and a step could be captured as a CUDA
-        graph); elsewhere only the positions written so far (on a CPU attending over the rest costs time, up
-        to 1.2x a rollout, for nothing). The attention mask keeps every query off positions not yet written."""
+        graph); elsewhere only the positions written so far (on a CPU the unwritten rest would cost time for
+        nothing). The attention mask keeps every query off positions not yet written."""
         return self.shape[4] if device.type == 'cuda' else self.length + T
 
     def update(self, layer, k, v):
@@ -59,6 +60,15 @@ class KVCache:
         self.kv[layer, 1, :, :, self.length:self.length + T] = v
         S = self.key_length(T, k.device)
         return self.kv[layer, 0, :, :, :S], self.kv[layer, 1, :, :, :S]
+
+
+def reference_attention(q, k, v, attn_mask):
+    """What F.scaled_dot_product_attention computes with a boolean mask (and no dropout), written out; a test
+    holds the two to each other. q: (B, nh, T, hd); k, v: (B, nh, S, hd); attn_mask: (B, 1, T, S), True = may
+    attend. A query's weights are a softmax over the keys it may attend to: the others get exactly 0."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, S)
+    scores = scores.masked_fill(~attn_mask, float('-inf'))
+    return F.softmax(scores, dim=-1) @ v  # (B, nh, T, hd)
 
 
 class CausalSelfAttention(nn.Module):
@@ -86,7 +96,7 @@ class CausalSelfAttention(nn.Module):
             # the fast path: plain causal attention over the whole row (GPT.forward guarantees S == T)
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
-            # attn_mask: (B, 1, T, S), broadcast over heads
+            # attn_mask: (B, 1, T, S), broadcast over heads; the fused kernel computes reference_attention
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -177,6 +187,10 @@ class GPT(nn.Module):
             kv_cache.length += T
         return logits
 
+    def new_kv_cache(self, batch_size, max_len):
+        """An empty KV cache for batch_size rows of up to max_len positions (seqmatch.generate asks for it)."""
+        return KVCache(self.config, batch_size, max_len)
+
     def crop_block_size(self, block_size):
         """Use a smaller block size than the checkpoint's (e.g. GPT-2's 1024 on a CPU)."""
         assert block_size <= self.config.block_size
@@ -222,6 +236,22 @@ class GPT(nn.Module):
         return model
 
     @classmethod
+    def from_run(cls, path, vocab_size, dropout):
+        """The model of another run's checkpoint at path, to fine-tune with this run's dropout. A vocabulary of fewer
+        than vocab_size ids (a model pretrained without <bkspc>) gains the missing rows, each the mean embedding.
+        Raises what load_checkpoint raises."""
+        source = load_checkpoint(path)
+        config, state = GPTConfig(**dict(source['model_args'], dropout=dropout)), source['model']
+        if config.vocab_size < vocab_size:
+            wte = state['transformer.wte.weight']  # (V, C), tied to lm_head
+            extra = wte.mean(dim=0, keepdim=True).expand(vocab_size - len(wte), -1)
+            state['transformer.wte.weight'] = state['lm_head.weight'] = torch.cat([wte, extra])
+            config.vocab_size = vocab_size
+        model = cls(config)
+        model.load_state_dict(state)
+        return model
+
+    @classmethod
     def from_checkpoint(cls, path, device='cpu'):
         """A model saved by train.py, and its checkpoint's dict: 'meta' (the dataset's vocabulary, bkspc_id,
         eos_id), 'config' (the run's settings), ... Raises what load_checkpoint raises."""
@@ -255,3 +285,27 @@ def load_checkpoint(path, device='cpu'):
         raise pickle.UnpicklingError(f"refused to load {path}: it holds more than tensors, numbers, strings, lists "
                                      f"and dicts{f' ({what.group(1)})' if what else ''}, and reading that could "
                                      f"run code") from None
+
+
+def save_checkpoint(checkpoint, path):
+    """Write checkpoint to path atomically, as a temporary file then a rename: an interrupted save never leaves a
+    broken file at path. It should hold only what load_checkpoint reads (tensors, numbers, strings, lists and
+    dicts). A failed write (a full disk, no permission, a vanished folder) removes the temporary file, leaves
+    path as it was, and raises OSError(the reason, e.g. 'No space left on device')."""
+    tmp_path = path + '.tmp'
+    try:
+        with open(tmp_path, 'wb') as f:  # a file, not a path: torch then reports a failed write as a
+            torch.save(checkpoint, f)     # RuntimeError whose __context__ is the OSError that says why
+        os.replace(tmp_path, path)
+    except (OSError, RuntimeError) as e:
+        why = e if isinstance(e, OSError) else e.__context__ or e
+        with contextlib.suppress(OSError):  # a half-written file would keep the space it took
+            os.remove(tmp_path)
+        raise OSError(getattr(why, 'strerror', None) or str(why)) from None
+
+
+def auto_device(device):
+    """device as given, or for 'auto' the best there is: 'cuda', then 'mps', then 'cpu'."""
+    if device != 'auto':
+        return device
+    return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'

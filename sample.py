@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from model import GPT
+from model import GPT, auto_device
 from seqmatch import apply_backspaces, generate
 from tokenizer import Tokenizer
 
@@ -26,8 +26,7 @@ device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'mps'
 # -----------------------------------------------------------------------------
 exec(open('configurator.py').read())  # overrides from the command line or a config file
 
-if device == 'auto':
-    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+device = auto_device(device)
 torch.manual_seed(seed)
 try:
     model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
@@ -60,7 +59,7 @@ def sample_long(prompt):
         keep = min(block // 2, min(len(t) for t in texts))  # the same prompt length for every row
         context = torch.tensor([t[len(t) - keep:] for t in texts], device=device)
         n_new = min(remaining, block - keep)
-        tokens, valid = generate(model, context, n_new, bkspc_id, temperature, top_k or None, eos_id)
+        tokens, valid, _ = generate(model, context, n_new, bkspc_id, temperature, top_k or None, eos_id)
         for a, row, real in zip(actions, tokens[:, keep:].tolist(), valid[:, keep:].tolist()):
             if eos_id not in a:
                 a += [tok for tok, ok in zip(row, real) if ok]

@@ -23,13 +23,8 @@ A per-position mask `m[:, j]` always refers to the transition INTO tokens[:, j],
 tokens[:, j] taken in the state made of tokens[:, :j].
 """
 
-import functools
-
-import numpy as np
 import torch
 import torch.nn.functional as F
-
-from model import KVCache
 
 # -----------------------------------------------------------------------------
 # 1. States and actions
@@ -114,12 +109,12 @@ class Stacks:
         return (torch.arange(self.n, device=self.removed_at.device) <= j) & (self.removed_at > j)
 
 
-@functools.lru_cache(maxsize=4)
-def causal_mask(n):
-    """(n, n) bool numpy array, True where key i <= query j: built once per length (read-only)."""
-    mask = np.tri(n, dtype=bool)
-    mask.setflags(write=False)
-    return mask
+def attention_mask(removed_at):
+    """removed_at: (B, n), as Stacks computes it. Returns the (B, n, n) bool mask of the rule above, True where
+    query j (dim 1) attends to key i (dim 2): i <= j and removed_at[:, i] > j. Built on removed_at's device,
+    right where the model reads it: the masked inputs travel as (B, n) tensors, never as (B, n, n)."""
+    position = torch.arange(removed_at.size(1), device=removed_at.device)  # (n,)
+    return (position[None, :] <= position[:, None]) & (removed_at[:, None, :] > position[:, None])  # (B, n, n)
 
 
 def backspace_inputs(tokens, bkspc_id, n_prompt):
@@ -128,14 +123,14 @@ def backspace_inputs(tokens, bkspc_id, n_prompt):
     The stack of the comment above, as rules: an ordinary token keeps its id, and its position id is the
     stack depth before it is pushed (its index in the state's text); a <bkspc> gets the id and position
     id of the token left on top after the pop. Position j attends to exactly the positions on the stack
-    after it, so logits row j is the policy at the state after tokens[:j+1]. A <bkspc> that would
-    delete into the prompt or leave no token raises ValueError("row {b}: <bkspc> at position {j} would
-    delete into the prompt (the first {n_prompt} tokens) or leave the row empty").
+    after it (attention_mask(removed_at)), so logits row j is the policy at the state after tokens[:j+1].
+    A <bkspc> that would delete into the prompt or leave no token raises ValueError("row {b}: <bkspc> at
+    position {j} would delete into the prompt (the first {n_prompt} tokens) or leave the row empty").
 
     Example: the prompt "ab", then "c", <bkspc>, "d" (ids a=0, b=1, c=2, d=3, <bkspc>=4):
-    >>> input_ids, position_ids, attn_mask = backspace_inputs(torch.tensor([[0, 1, 2, 4, 3]]), 4, n_prompt=2)
-    >>> input_ids.tolist(), position_ids.tolist()
-    ([[0, 1, 2, 1, 3]], [[0, 1, 2, 1, 2]])
+    >>> input_ids, position_ids, removed_at = backspace_inputs(torch.tensor([[0, 1, 2, 4, 3]]), 4, n_prompt=2)
+    >>> input_ids.tolist(), position_ids.tolist(), removed_at.tolist()  # c (2) and b (1) leave at the <bkspc> (3)
+    ([[0, 1, 2, 1, 3]], [[0, 1, 2, 1, 2]], [[5, 3, 3, 5, 5]])
     >>> show_masking('abc<d', n_prompt=2)  # the same row, '<' for <bkspc>, the mask as a grid (x = attends)
      j  token  input id  position id  attends to  logits row j is the policy at
      0    a       a           0       x . . . .   a
@@ -144,8 +139,8 @@ def backspace_inputs(tokens, bkspc_id, n_prompt):
      3    <       b           1       x . . x .   ab
      4    d       d           2       x . . x x   abd
 
-    Returns input_ids (B, n) and position_ids (B, n), both int64, and attn_mask (B, n, n), bool with True =
-    query j (dim 1) may attend to key i (dim 2), all three on tokens' device, for GPT.forward."""
+    Returns input_ids, position_ids and removed_at, each (B, n) int64 on tokens' device: the model reads
+    model(input_ids, position_ids=position_ids, attn_mask=attention_mask(removed_at))."""
     B, n = tokens.shape
     n_prompt = torch.tensor([n_prompt] * B if isinstance(n_prompt, int) else [int(p) for p in n_prompt],
                             dtype=torch.long)  # (B,)
@@ -162,12 +157,7 @@ def backspace_inputs(tokens, bkspc_id, n_prompt):
     stacks = Stacks(tokens[:, :start], n)
     for j in range(start, n):
         stacks.push(j, tokens[:, j], bkspc_id)
-    # the rule of section 2 for every query j (dim 1) and key i (dim 2) at once: i <= j and removed_at[i] > j.
-    # (numpy: torch runs this (B, n, n) pass on several threads, which on a busy 2-core CPU wait for the
-    # training step's threads: 16 ms instead of 0.02 ms at 12 x 64, measured)
-    query = np.arange(n)[:, None]  # (n, 1)
-    attn_mask = (stacks.removed_at.cpu().numpy()[:, None, :] > query) & causal_mask(n)  # (B, n, n)
-    return stacks.input_ids, stacks.position_ids, torch.from_numpy(attn_mask).to(tokens.device)
+    return stacks.input_ids, stacks.position_ids, stacks.removed_at
 
 # -----------------------------------------------------------------------------
 # 3. Noise augmentation
@@ -179,6 +169,9 @@ def backspace_inputs(tokens, bkspc_id, n_prompt):
 # next to the noisy row, the action of every transition. (Crediting x~ itself as an action would teach
 # mistakes; dropping u -> u+x~ from the expert term but keeping it in the value term flattens the policy
 # in front of every inserted mistake.) On data alone the SequenceMatch loss is then exactly BC.
+# What the paper states is the augmentation itself (noise tokens, each followed by <bkspc>, inserted into the
+# data) and that the augmented rows are an expert acting in an MDP whose environment perturbs its actions;
+# crediting the noise transition with the intended token a* is this repository's reading of that MDP.
 
 
 def random_noise(tokens, bkspc_id, eos_id=None, generator=None):
@@ -244,10 +237,11 @@ def noisy_rows(rows, p_noise, bkspc_id, eos_id=None, noise_fn=None, generator=No
 #
 # All rows advance one position per step, so one KV cache serves the batch. Each step applies the stack
 # rule of section 2 (Stacks.push) and feeds the model what it says: the newest token, or the copy token
-# at a <bkspc>. The rows come out already in the training format: backspace_inputs(rows) reproduces
-# every logit used while sampling. On a GPU every step has the same shapes (one token per row, attending
-# over the whole preallocated cache, where positions not yet written are simply not on the stack), so
-# it runs every step with the same kernels.
+# at a <bkspc>. The rows come out already in the training format: the Stacks that generate returns hold
+# their masked inputs, exactly what backspace_inputs(rows) computes, so every logit used while sampling
+# is reproduced in training. On a GPU every step has the same shapes (one token per row, attending over
+# the whole preallocated cache, where positions not yet written are simply not on the stack), so it
+# runs every step with the same kernels.
 
 
 def sample_next(logits, temperature=1.0, top_k=None):
@@ -264,7 +258,9 @@ def sample_next(logits, temperature=1.0, top_k=None):
 @torch.no_grad()
 def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=None, eos_id=None, allow_bkspc=True):
     """prompt: (B, P) token ids of plain text (no <bkspc>), all rows the same length.
-    Returns (tokens, valid), both (B, P + max_new_tokens) on prompt's device, int64 and bool:
+    Returns (tokens, valid, stacks): tokens and valid, both (B, P + max_new_tokens) on prompt's device, int64
+    and bool, and the Stacks of the rows (their masked inputs: input_ids, position_ids, removed_at, equal to
+    backspace_inputs(tokens, bkspc_id, P)).
     tokens is the prompt followed by the actions taken, <bkspc> included; valid[:, j] says that tokens[:, j]
     is an action of the policy: False on the prompt and on the padding after a row's eos_id, True on the
     eos_id action itself (its transition ends the episode and is trained on). After eos_id a row is padded
@@ -275,7 +271,7 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
     allow_bkspc=False never deletes: greedy decoding needs it, since after a <bkspc> the state is the one
     before the mistake and the argmax writes the same token again, forever.
     The model reads the prompt once; after that each step feeds it only the newest token (the copy token
-    at a <bkspc>), one per row, and the KV cache holds everything before it.
+    at a <bkspc>), one per row, and the KV cache (model.new_kv_cache) holds everything before it.
     Call model.eval() first: dropout would make the policy differ from the one we train."""
     B, P = prompt.shape
     L = P + max_new_tokens
@@ -287,7 +283,7 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
     done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
     stacks = Stacks(prompt, L)  # what the model reads at each position (section 2)
 
-    kv_cache = KVCache(model.config, B, L)
+    kv_cache = model.new_kv_cache(B, L)
     logits = model(prompt, kv_cache=kv_cache)  # the prompt is plain causal text
     for j in range(P, L):
         policy_logits = logits[:, -1, :bkspc_id + 1].clone()  # (B, A): base vocabulary + <bkspc>
@@ -305,7 +301,9 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
         S = kv_cache.key_length(1, prompt.device)  # L on a GPU: every step the same shapes (KVCache)
         logits = model(stacks.input_ids[:, j:j + 1], position_ids=stacks.position_ids[:, j:j + 1],
                        attn_mask=stacks.attends(j)[:, None, :S], kv_cache=kv_cache)  # (B, 1, S) mask
-    return tokens, valid
+    for k in range(j + 1, L):  # every row ended early: the padding after it, pushed as backspace_inputs pushes it
+        stacks.push(k, tokens[:, k], bkspc_id)
+    return tokens, valid, stacks
 
 # -----------------------------------------------------------------------------
 # 5. The loss
@@ -320,21 +318,41 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
 # What SequenceMatch adds to BC is the chi^2 term and the model's own rollouts in the mixture.
 #
 # Both losses read the (B, n, A) logits only through two numbers per position, V and Q = l(a|u) of the
-# action taken. soft_values computes them in one pass over the logits, a chunk of rows at a time, so the
-# 50k-wide logits of GPT-2 are never copied whole in float32; its backward writes the gradient of the
-# logits, softmax * dV + onehot(action) * dQ, a chunk at a time as well.
+# action taken: soft_values is their definition, a few lines of autograd. At GPT-2 shapes that definition
+# is costly: autograd keeps a float32 copy of the 50k-wide (bf16) logits for its backward, the largest
+# tensor of a step. SoftValues computes exactly the same numbers a chunk of rows at a time with its
+# backward written out, so no float32 copy of the whole logits is ever made; train.py uses it through
+# chunked_soft_values, and a test holds the two to each other in values and gradients.
+
+
+def soft_values(logits, actions):
+    """logits: (B, n, A) over the action space (any float dtype). actions: (B, n) int64, the action of the
+    transition into each position (seqmatch_loss).
+    Returns V and Q, both (B, n) float32 (also under bf16 autocast), differentiable with respect to logits:
+        V[:, j] = logsumexp(logits[:, j])            the value of the state after position j,
+        Q[:, j] = logits[:, j-1, actions[:, j]]      the soft Q-value of the action into position j, taken
+                                                     in the state after position j-1; Q[:, 0] = 0.
+    >>> V, Q = soft_values(torch.tensor([[[0.0, 3.0], [1.0, 1.0]]]), torch.tensor([[0, 1]]))
+    >>> [round(v, 4) for v in V[0].tolist()], Q[0].tolist()  # V = [log(1 + e^3), 1 + log 2]; Q[0, 1] = logits[0, 0, 1]
+    ([3.0486, 1.6931], [0.0, 3.0])"""
+    logits = logits.float()
+    V = torch.logsumexp(logits, dim=-1)  # (B, n)
+    Q = logits[:, :-1].gather(-1, actions[:, 1:, None]).squeeze(-1)  # (B, n-1): the action into j, read at row j-1
+    return V, F.pad(Q, (1, 0))  # no action leads into position 0
 
 
 class SoftValues(torch.autograd.Function):
-    """V and Q with a backward written by hand (autograd through logsumexp would keep float32 copies)."""
+    """soft_values(logits, actions), computed chunk_rows positions at a time and never copying the whole
+    logits to float32. The backward recomputes the softmax from the logits and V: the gradient of any
+    function of V and Q is softmax(logits) * dV + onehot(action) * dQ."""
 
     @staticmethod
     def forward(ctx, logits, actions, chunk_rows):
         B, n, A = logits.shape
-        flat = logits.flatten(0, 1)  # (B * n, A): a view, also of the slice logits[..., :A] of wider logits
+        rows = logits.flatten(0, 1)  # (B * n, A): a view, also of a slice logits[..., :A] of wider logits
         V = torch.empty(B * n, device=logits.device)  # float32
         for s in range(0, B * n, chunk_rows):
-            V[s:s + chunk_rows] = torch.logsumexp(flat[s:s + chunk_rows].float(), dim=-1)
+            V[s:s + chunk_rows] = torch.logsumexp(rows[s:s + chunk_rows].float(), dim=-1)
         Q = torch.zeros(B, n, device=logits.device)  # float32; no action leads into position 0
         Q[:, 1:] = logits[:, :-1].gather(-1, actions[:, 1:, None]).squeeze(-1).float()
         ctx.save_for_backward(logits, actions, V)
@@ -345,32 +363,23 @@ class SoftValues(torch.autograd.Function):
     def backward(ctx, dV, dQ):
         logits, actions, V = ctx.saved_tensors
         B, n, A = logits.shape
-        flat, dV, chunk_rows = logits.flatten(0, 1), dV.flatten(), ctx.chunk_rows
-        grad = torch.empty(B * n, A, dtype=logits.dtype, device=logits.device)  # (B * n, A)
-        for s in range(0, B * n, chunk_rows):
-            rows = slice(s, s + chunk_rows)
-            # dV/dl = softmax = exp(l - V), in float32: written straight into grad when that is float32 too
-            softmax = torch.sub(flat[rows].float(), V[rows, None], out=grad[rows] if grad.dtype == torch.float32 else None)
-            grad[rows] = softmax.exp_().mul_(dV[rows, None])  # (rows, A)
+        rows, dV = logits.flatten(0, 1), dV.flatten()  # (B * n, A), (B * n,)
+        grad = torch.empty(B * n, A, dtype=logits.dtype, device=logits.device)
+        for s in range(0, B * n, ctx.chunk_rows):
+            chunk = slice(s, s + ctx.chunk_rows)
+            softmax = (rows[chunk].float() - V[chunk, None]).exp_()  # (chunk, A) float32, a new tensor: dV/dlogits
+            grad[chunk] = softmax.mul_(dV[chunk, None])  # the V part of the gradient, in the logits' dtype
         grad = grad.view(B, n, A)
-        # dQ/dl is one at the action taken: Q[:, j] is read from logits row j - 1
+        # the Q part: dQ[:, j] lands on logits[:, j-1, actions[:, j]], the one logit that Q[:, j] is
         grad[:, :-1].scatter_add_(-1, actions[:, 1:, None], dQ[:, 1:, None].to(grad.dtype))
         return grad, None, None
 
 
-def soft_values(logits, actions, chunk_rows=None):
-    """logits: (B, n, A) over the action space (any float dtype; a slice such as logits[..., :A] of the
-    model's wider output is read in place, never copied). actions: (B, n) int64, the action of the
-    transition into each position (seqmatch_loss).
-    Returns V and Q, both (B, n) float32 (also under bf16 autocast):
-        V[:, j] = logsumexp(logits[:, j])            the value of the state after position j,
-        Q[:, j] = logits[:, j-1, actions[:, j]]      the soft Q-value of the action into position j, taken
-                                                     in the state after position j-1; Q[:, 0] = 0.
-    Differentiable with respect to logits. chunk_rows: positions per pass (a few MB of float32; larger on a
-    GPU, where each pass is a kernel launch); the result does not depend on it.
-    >>> V, Q = soft_values(torch.tensor([[[0.0, 3.0], [1.0, 1.0]]]), torch.tensor([[0, 1]]))
-    >>> [round(v, 4) for v in V[0].tolist()], Q[0].tolist()  # V = [log(1 + e^3), 1 + log 2]; Q[0, 1] = logits[0, 0, 1]
-    ([3.0486, 1.6931], [0.0, 3.0])"""
+def chunked_soft_values(logits, actions, chunk_rows=None):
+    """soft_values(logits, actions) computed by SoftValues: the same V, Q and gradient, for a fraction of the
+    memory. A slice such as logits[..., :A] of the model's wider output is read in place, never copied.
+    chunk_rows: positions per pass, by default a few MB of float32 (larger on a GPU, where each pass is a
+    kernel launch); the result does not depend on it."""
     A = logits.size(-1)
     if chunk_rows is None:
         chunk_rows = max(1, (2 ** 25 if logits.is_cuda else 2 ** 19) // A)  # 128 MB of float32, or 2 MB (a CPU's cache)
@@ -451,6 +460,13 @@ def bc_loss(V, Q, expert):
     bool. Returns a 0-dim float32 tensor."""
     return masked_mean(V[:, :-1] - Q[:, 1:], expert[:, 1:])
 
+
+def mle_loss(logits, targets):
+    """Maximum likelihood (nanoGPT's objective, the baseline): the cross-entropy of the next tokens targets
+    (B, n) under logits (B, n, A) over the action space. <bkspc> is never a target of clean text, but it
+    takes its share of the probability, as in BC. Returns a 0-dim float32 tensor."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
 # -----------------------------------------------------------------------------
 # Seeing the masking of section 2: python seqmatch.py 'abc<d' --n_prompt=2
 
@@ -460,7 +476,8 @@ def show_masking(row, n_prompt):
     each position its input id, position id, the positions it attends to and the state whose policy its
     logits row is. (Characters serve as token ids here: backspace_inputs needs only bkspc_id to be one.)"""
     tokens = torch.tensor([[ord(c) for c in row]])  # (1, n)
-    input_ids, position_ids, attn_mask = backspace_inputs(tokens, ord('<'), n_prompt)
+    input_ids, position_ids, removed_at = backspace_inputs(tokens, ord('<'), n_prompt)
+    attn_mask = attention_mask(removed_at)  # (1, n, n)
     print(' j  token  input id  position id  ' + 'attends to'.ljust(2 * len(row) - 1) + '  logits row j is the policy at')
     for j, c in enumerate(row):
         grid = ' '.join('x' if m else '.' for m in attn_mask[0, j].tolist()).ljust(len('attends to'))

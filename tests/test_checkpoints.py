@@ -90,12 +90,14 @@ def test_a_failed_save_loses_nothing_and_says_so(shakespeare_char, tmp_path):
 
 
 def test_resume_continues_exactly(shakespeare_char, tmp_path, monkeypatch):
-    # bit for bit needs one thread: with several, PyTorch's CPU kernels may split a sum differently from one
-    # run to the next (weights 1e-8 apart were seen once in CI), which is not what this test is about
+    """The stopped run builds its batches in two worker processes, the straight one in the training process: a batch
+    is a function of its index. Bit for bit needs one thread: with several, PyTorch's CPU kernels may split a sum
+    differently from one run to the next, which is not what this test is about."""
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
     args = ['config/shakespeare_seqmatch.py', '--eval_interval=10', '--bc_warmup_iters=5', *TINY]
     straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
     run('train.py', *args, f'--out_dir={straight}', '--max_iters=20')
+    args.append('--num_workers=2')
     run('train.py', *args, f'--out_dir={stopped}', '--max_iters=10')
     half = checkpoint(stopped)
     assert half['iter_num'] == 10 and len(half['optimizer']['state']) > 0
@@ -119,25 +121,27 @@ def test_resume_into_sequencematch_off_a_refresh_boundary(shakespeare_char, tmp_
 
 
 def test_ctrl_c_saves_and_the_run_continues_exactly(shakespeare_char, tmp_path, monkeypatch):
-    """Ctrl-C mid-run saves where the run is (the batch thread is one batch ahead by then), and resuming from
-    there gives the weights of a run that was never stopped. One thread: bit for bit needs it (see
-    test_resume_continues_exactly)."""
+    """Ctrl-C mid-run saves where the run is, says the whole command that continues it, and resuming from there
+    gives the weights of a run that was never stopped. The Ctrl-C goes to the whole process group, as a terminal
+    sends it, batch workers included. One thread: bit for bit needs it (see test_resume_continues_exactly)."""
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
-    args = ['train.py', 'config/shakespeare_seqmatch.py', '--eval_interval=10', '--bc_warmup_iters=5', *TINY]
+    args = ['train.py', 'config/shakespeare_seqmatch.py', '--eval_interval=10', '--bc_warmup_iters=5', *TINY,
+            '--num_workers=2']
     stopped, straight = tmp_path / 'stopped', tmp_path / 'straight'
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     proc = subprocess.Popen([sys.executable, *args, f'--out_dir={stopped}', '--max_iters=100000'], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         for line in proc.stdout:
             if line.startswith('iter 5:'):  # training, well before the end
-                proc.send_signal(signal.SIGINT)
+                os.killpg(proc.pid, signal.SIGINT)
                 break
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    stop = re.search(r'^interrupted at iter (\d+), saved; continue with --init_from=resume$', out, re.M)
+    stop = re.search(r'^interrupted at iter (\d+), saved; continue with: (.*)$', out, re.M)
     assert stop, out + err
+    assert stop.group(2) == ' '.join(['python', *args, '--max_iters=100000', '--init_from=resume', f'--out_dir={stopped}'])
     assert proc.returncode == 130 and 'Traceback' not in err, err
     n = int(stop.group(1))
     saved = checkpoint(stopped)

@@ -1,42 +1,72 @@
-"""The exercise set of exercise.py, tried as a teacher would: for each exercise, a student copy with that
-function blank fails every test of its grading selection and passes every other test of the core test
-files; and a function written wrong in a way students do write it fails with a message that says what
-is off. Each check runs pytest on a copy of the repository, so this file takes a minute or two."""
+"""The exercise set of exercise.py, tried as a teacher would: for each exercise, a student copy with it blank
+fails every test of its grading selection, and its selection passes with every other exercise blank (but those
+it calls); and a function written wrong in a way students do write it fails with a message that says what is
+off. Each check runs pytest on a copy of the repository (two at a time), so this file takes a few minutes."""
 import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from exercise import CORE_TESTS, EXERCISES, make_student_copy
 
 
-def run_core_tests(copy, selection):
-    """Run the core tests of a copy whose names match the -k selection: {test: passed}, pytest's output."""
-    junit = os.path.join(copy, 'junit.xml')
-    result = subprocess.run(
-        [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '--tb=short', f'--junitxml={junit}',
-         *CORE_TESTS, '-k', selection],
-        cwd=copy, env={**os.environ, 'OMP_NUM_THREADS': '1'}, capture_output=True, text=True)
+def start_core_tests(copy, selection):
+    """Start pytest on the core tests of a copy whose names match the -k selection (one thread: several of these
+    run at once); finish_core_tests waits for it."""
+    junit = os.path.join(copy, f'junit-{abs(hash(selection))}.xml')
+    command = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '--tb=short', f'--junitxml={junit}',
+               *CORE_TESTS, '-k', selection]
+    process = subprocess.Popen(command, cwd=copy, env={**os.environ, 'OMP_NUM_THREADS': '1'},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return process, junit
+
+
+def finish_core_tests(started):
+    """{test: passed}, and pytest's output."""
+    process, junit = started
+    output = process.communicate()[0]
     outcomes = {f"{case.get('classname')}.{case.get('name')}": not any(c.tag in ('failure', 'error') for c in case)
                 for case in ET.parse(junit).iter('testcase')}
-    return outcomes, result.stdout
+    return outcomes, output
+
+
+def run_core_tests(copy, selection):
+    return finish_core_tests(start_core_tests(copy, selection))
 
 
 @pytest.mark.parametrize('exercise', EXERCISES)
-def test_a_blank_exercise_fails_its_selection_and_nothing_else(tmp_path, exercise):
-    copy = str(tmp_path / 'student')  # (a neutral name: -k also matches the names of parent directories)
-    make_student_copy([exercise], copy)
-    selection = EXERCISES[exercise][2]
-    graded, output = run_core_tests(copy, selection)
+def test_a_blank_exercise_fails_its_selection_which_passes_with_every_other_exercise_blank(tmp_path, exercise):
+    """With the exercise blank every test of its selection fails; with every other exercise blank (but those it
+    calls) every test of its selection passes. So a student grades one function at a time, in the order of the
+    calls (Stacks.push before backspace_inputs and generate), and, over all exercises, a blank one fails no test
+    outside its selection but those of the exercises that call it."""
+    blank, others = str(tmp_path / 'student'), str(tmp_path / 'others')  # (neutral names: -k matches folder names)
+    selection, functions = EXERCISES[exercise].selection, set(EXERCISES[exercise].functions)
+    make_student_copy([exercise], blank)
+    make_student_copy([e for e in EXERCISES if e not in EXERCISES[exercise].calls
+                       and not functions & set(EXERCISES[e].functions)], others)
+    runs = [start_core_tests(blank, selection), start_core_tests(others, selection)]  # at once, a thread each
+    (graded, output), (alone, alone_output) = map(finish_core_tests, runs)
     passed = [test for test, ok in graded.items() if ok]
     assert graded and not passed, (f"-k '{selection}' selects {len(graded)} tests, and these pass with "
                                    f"{exercise} blank, so they grade nothing of it: {passed}\n{output[-3000:]}")
-    others, output = run_core_tests(copy, f'not ({selection})')
-    failed = [test for test, ok in others.items() if not ok]
-    assert others and not failed, (f"with {exercise} blank these tests outside -k '{selection}' fail: they should "
-                                   f"not call it (use a reference of their own): {failed}\n{output[-3000:]}")
+    failed = [test for test, ok in alone.items() if not ok]
+    assert not failed, (f"with every other exercise blank (but {EXERCISES[exercise].calls or 'none'}, which it calls), "
+                        f"these tests of -k '{selection}' fail: they should call no other exercise (use a reference "
+                        f"of their own): {failed}\n{alone_output[-3000:]}")
+
+
+def test_the_tests_outside_every_selection_pass_with_every_exercise_blank(tmp_path):
+    copy = str(tmp_path / 'student')
+    make_student_copy(list(EXERCISES), copy)
+    outside = ' and '.join(f'not ({exercise.selection})' for exercise in EXERCISES.values())
+    graded, output = run_core_tests(copy, outside)
+    failed = [test for test, ok in graded.items() if not ok]
+    assert graded and not failed, (f"with every exercise blank these tests, which grade none, fail: they should not "
+                                   f"call an exercise: {failed}\n{output[-3000:]}")
 
 
 # mistakes students make: (exercise, the reference's text, what the student wrote instead, what the failure says)
@@ -44,6 +74,11 @@ MISTAKES = {
     'bc_loss counts every transition': (
         'bc_loss', "masked_mean(V[:, :-1] - Q[:, 1:], expert[:, 1:])", "(V[:, :-1] - Q[:, 1:]).mean()",
         "count only expert ones"),
+    'bc_loss averages per row, then over rows': (
+        'bc_loss', "return masked_mean(V[:, :-1] - Q[:, 1:], expert[:, 1:])",
+        "nll, e = V[:, :-1] - Q[:, 1:], expert[:, 1:]\n"
+        "    return ((nll * e).sum(1) / e.sum(1).clamp(min=1))[e.any(1)].mean()",
+        "the mean per row, then over rows"),
     'seqmatch_loss averages the expert term per row': (
         'seqmatch_loss', "expert_term = -masked_mean(reward, data_mask & expert[:, 1:])",
         "e = data_mask & expert[:, 1:]\n"
@@ -56,19 +91,43 @@ MISTAKES = {
         'seqmatch_loss', "expert_term = -masked_mean(reward, data_mask & expert[:, 1:])",
         "expert_term = -masked_mean(reward, valid & expert[:, 1:])",
         "a mark on a model row is ignored"),
+    'seqmatch_loss averages chi^2 over the expert transitions only': (
+        'seqmatch_loss', "chi2_term = sum(masked_mean(reward ** 2, g) for g in groups) / len(groups) / (4 * alpha)",
+        "chi2_term = masked_mean(reward ** 2, data_mask & expert[:, 1:]) / (4 * alpha)",
+        "stats['chi2'] is"),
+    'seqmatch_loss takes the mean data reward over the expert transitions only': (
+        'seqmatch_loss', "'reward_data': masked_mean(reward, data_mask).detach()",
+        "'reward_data': masked_mean(reward, data_mask & expert[:, 1:]).detach()",
+        "stats['reward_data'] is"),
     'seqmatch_loss returns stats attached to the graph': (
         'seqmatch_loss', "'expert': expert_term.detach(), 'value': value_term.detach(), 'chi2': chi2_term.detach(),",
         "'expert': expert_term, 'value': value_term, 'chi2': chi2_term,",
         "return them detached"),
     'soft_values reads the action in the next state': (
-        'soft_values', "Q[:, 1:] = logits[:, :-1].gather(", "Q[:, 1:] = logits[:, 1:].gather(",
+        'soft_values', "Q = logits[:, :-1].gather(", "Q = logits[:, 1:].gather(",
         "Q[:, j] = logits[:, j-1, actions[:, j]]"),
+    'SoftValues.forward reads the action in the next state': (
+        'SoftValues', "Q[:, 1:] = logits[:, :-1].gather(", "Q[:, 1:] = logits[:, 1:].gather(",
+        "Q[:, j] = logits[:, j-1, actions[:, j]]"),
+    'SoftValues.backward puts dQ on the row of the next state': (
+        'SoftValues', "grad[:, :-1].scatter_add_(", "grad[:, 1:].scatter_add_(", "the gradient of the logits differs"),
     'generate marks the eos action as not valid': (
         'generate', "valid[:, j] = ~done", "valid[:, j] = ~done & (action != pad_id)",
         "the eos action itself is an action of the policy"),
     'generate samples the padding ids above <bkspc>': (
         'generate', "policy_logits = logits[:, -1, :bkspc_id + 1].clone()", "policy_logits = logits[:, -1].clone()",
         "sample from logits[..., :bkspc_id + 1] only"),
+    'generate lets <bkspc> delete into the prompt': (
+        'generate', "no_bkspc = (stacks.depth <= P) | (not allow_bkspc)",
+        "no_bkspc = (stacks.depth < P) | (not allow_bkspc)", "this <bkspc> deletes into the prompt"),
+    'sample_next ignores the temperature': (
+        'generate', "    logits = logits / temperature\n", "", "divide the logits by temperature"),
+    'sample_next ignores top_k': (
+        'generate', "        logits = logits.masked_fill(logits < kth, float('-inf'))\n", "", "fell outside the top"),
+    'sample_next samples at temperature 0': (
+        'generate', "        return logits.argmax(dim=-1)",
+        "        return torch.multinomial(F.softmax(logits.float(), dim=-1), num_samples=1)[:, 0]",
+        "the policy's most likely action there is"),
     'generate recomputes each state from scratch': (
         'generate',
         "logits = model(stacks.input_ids[:, j:j + 1], position_ids=stacks.position_ids[:, j:j + 1],\n"
@@ -87,17 +146,30 @@ MISTAKES = {
 }
 
 
+@pytest.fixture(scope='module')
+def graded_mistakes(tmp_path_factory):
+    """Each mistake written into a copy of its own and graded by its exercise's selection, two copies at a time:
+    {mistake: ({test: passed}, pytest's output), or the error that stopped it}."""
+    def grade(mistake):
+        exercise, reference, wrong, _ = MISTAKES[mistake]
+        copy = str(tmp_path_factory.mktemp('copy'))
+        make_student_copy([], os.path.join(copy, 'student'))
+        path = os.path.join(copy, 'student', EXERCISES[exercise].path)
+        with open(path) as f:
+            source = f.read()
+        if source.count(reference) != 1:
+            return f"{exercise} changed: update this mistake to its new text"
+        with open(path, 'w') as f:
+            f.write(source.replace(reference, wrong))
+        return run_core_tests(os.path.join(copy, 'student'), EXERCISES[exercise].selection)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(MISTAKES, pool.map(grade, MISTAKES)))
+
+
 @pytest.mark.parametrize('mistake', MISTAKES)
-def test_a_wrong_exercise_fails_with_a_message_that_says_what_is_off(tmp_path, mistake):
-    exercise, reference, wrong, message = MISTAKES[mistake]
-    copy = str(tmp_path / 'student')
-    make_student_copy([], copy)
-    path = os.path.join(copy, EXERCISES[exercise][0])
-    with open(path) as f:
-        source = f.read()
-    assert source.count(reference) == 1, f"{exercise} changed: update this mistake to its new text"
-    with open(path, 'w') as f:
-        f.write(source.replace(reference, wrong))
-    graded, output = run_core_tests(copy, EXERCISES[exercise][2])
-    assert not all(graded.values()), f"{mistake}, and yet every test of -k '{EXERCISES[exercise][2]}' passes"
+def test_a_wrong_exercise_fails_with_a_message_that_says_what_is_off(graded_mistakes, mistake):
+    exercise, _, _, message = MISTAKES[mistake]
+    assert not isinstance(graded_mistakes[mistake], str), graded_mistakes[mistake]
+    graded, output = graded_mistakes[mistake]
+    assert not all(graded.values()), f"{mistake}, and yet every test of -k '{EXERCISES[exercise].selection}' passes"
     assert message in output, f"{mistake}: the failure should say '{message}'; it says:\n{output[-3000:]}"

@@ -1,8 +1,9 @@
 """The GPT with position ids, an attention mask and a KV cache. Tests named kv_cache grade KVCache.update
 (the rollout tests of test_seqmatch.py use the cache too, see exercise.py)."""
 import torch
+import torch.nn.functional as F
 
-from model import KVCache
+from model import KVCache, reference_attention
 
 
 def test_default_is_causal_and_equals_an_explicit_causal_mask(tiny_model):
@@ -71,3 +72,16 @@ def test_kv_cache_attending_over_the_whole_cache_as_on_a_gpu_equals_full_forward
     first = model(idx[:, :5], kv_cache=cache)
     steps = [model(idx[:, t:t + 1], kv_cache=cache) for t in range(5, 12)]
     assert_same_logits(torch.cat([first] + steps, dim=1), full, "one token per step, attending over the whole cache")
+
+
+def test_reference_attention_is_what_sdpa_computes_with_a_boolean_mask():
+    """The four lines a reader can check against the fused kernel the model calls, on a mask that drops keys
+    from the middle of the causal triangle, as the backspace masking does."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 6, 8, generator=g) for _ in range(3))  # (B, nh, T, hd)
+    mask = torch.ones(6, 6, dtype=torch.bool).tril().repeat(2, 1, 1)  # (B, T, S)
+    mask[0, 3:, 1:3] = False  # row 0: positions 1 and 2 deleted from position 3 on
+    mask = mask[:, None]  # (B, 1, T, S)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    got = reference_attention(q, k, v, mask)
+    assert (got - want).abs().max() < 1e-6

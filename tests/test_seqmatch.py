@@ -1,8 +1,8 @@
 """The core of the method: masking, noise, rollouts, soft values and the loss.
 
-Every test is named after the function it grades (apply_backspaces, masking = backspace_inputs, add_noise,
-rollout = generate, soft_values, seqmatch_loss, bc_loss), so `pytest -k NAME` grades one function (see
-exercise.py). The tests grade by definition: a masked forward against the forward on each materialised
+Every test is named after the function it grades (apply_backspaces, stacks_push = Stacks.push, masking =
+backspace_inputs, add_noise, rollout = generate, soft_values, chunked_soft_values = SoftValues, seqmatch_loss,
+bc_loss), so `pytest -k NAME` grades one function (see exercise.py). The tests grade by definition: a masked forward against the forward on each materialised
 state, values against their formula, the loss against cases worked by hand, its closed forms and its
 gradient. A test never uses the function it grades as its own reference, and never calls another
 function of seqmatch.py: where it needs the text a row ends in, it uses final_text below."""
@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from model import GPT, KVCache
-from seqmatch import add_noise, apply_backspaces, backspace_inputs, bc_loss, generate, seqmatch_loss, soft_values
+from seqmatch import (Stacks, add_noise, apply_backspaces, attention_mask, backspace_inputs, bc_loss, chunked_soft_values,
+                      generate, seqmatch_loss, soft_values)
 
 BK = 19  # <bkspc> in a vocabulary of 20: base tokens 0..18
 
@@ -52,10 +53,10 @@ def first_difference(got, want):
 def last_logits_of_each_state(model, states):
     """The model's last logits on each state (a list of token lists), in padded causal forwards of up to 256
     states: padding after a state's end changes nothing before it."""
-    n = max(len(s) for s in states)
     last = []
     for k in range(0, len(states), 256):
         chunk = states[k:k + 256]
+        n = max(len(s) for s in chunk)
         logits = model(torch.tensor([s + [0] * (n - len(s)) for s in chunk]))
         last.append(logits[torch.arange(len(chunk)), torch.tensor([len(s) - 1 for s in chunk])])
     return torch.cat(last)  # (len(states), vocab)
@@ -72,23 +73,59 @@ def test_apply_backspaces():
     with pytest.raises(ValueError, match=r'<bkspc> at position 3 would delete into the prompt \(the first 1 tokens\)'):
         apply_backspaces([1, 2, BK, BK], BK, n_prompt=1)
 
+# ----------------------------------------------------------------------------- the stack rule (Stacks.push)
+
+
+def push_every_action(tokens, n_prompt, bkspc_id):
+    """A Stacks started from the first n_prompt tokens of the rows, pushed each later action in turn, one call per
+    position. Checks after each push that the stack depth is the length of each row's state, and that the keys
+    stacks.attends(j) gives the new position (what a rollout step reads) are those of the finished rows' mask."""
+    n = tokens.size(1)
+    stacks, attended = Stacks(tokens[:, :n_prompt], n), []
+    for j in range(n_prompt, n):
+        stacks.push(j, tokens[:, j], bkspc_id)
+        want = torch.tensor([len(final_text(row[:j + 1], bkspc_id)) for row in tokens])
+        assert torch.equal(stacks.depth, want), (
+            f"after the action at position {j} the stack depths are {stacks.depth.tolist()}, expected {want.tolist()}: "
+            f"the length of each row's state (a token pushes an entry, a <bkspc> pops one)")
+        attended.append((j, stacks.attends(j)))
+    final = attention_mask(stacks.removed_at)  # (B, n, n)
+    for j, keys in attended:
+        wrong = (keys != final[:, j]).any(dim=1).nonzero()[:, 0].tolist()
+        assert not wrong, (f"rows {wrong}: right after the action at position {j} it attends to {keys[wrong[0]].nonzero()[:, 0].tolist()}, "
+                           f"but once the row is finished to {final[wrong[0], j].nonzero()[:, 0].tolist()}: removed_at[i] "
+                           f"is written once, by the <bkspc> that takes position i off the stack")
+    return stacks
+
+
+@pytest.mark.parametrize('n_prompt', [1, 3])
+def test_stacks_push_gives_the_policy_at_each_state(tiny_model, n_prompt):
+    model = tiny_model()
+    tokens = torch.cat([random_trajectories(1, 40, n_prompt, BK, p_bkspc=0.45, seed=k) for k in range(5)])
+    inserted = torch.tensor([7, BK, 8, BK, 9, 10, BK, BK, 3, 4, 5, BK, BK, BK])  # copies of copies, runs of <bkspc>
+    tokens[0] = torch.cat([tokens[0, :n_prompt], inserted, tokens[0, n_prompt:]])[:40]  # (the stack is as it was)
+    stacks = push_every_action(tokens, n_prompt, BK)
+    assert_rows_are_the_policy_at_each_state(model, tokens, (stacks.input_ids, stacks.position_ids, stacks.removed_at), BK)
+
 # ----------------------------------------------------------------------------- masking (backspace_inputs)
 
 
-def assert_rows_are_the_policy_at_each_state(model, tokens, n_prompt, bkspc_id):
-    """The definition of the masking: row j of the masked forward equals the model's forward on the state
-    after tokens[:j+1], the position ids are the stack depths (the index of each state's last token in its
-    text), and the input id is that last token."""
-    input_ids, position_ids, attn_mask = backspace_inputs(tokens, bkspc_id, n_prompt)
-    assert input_ids.shape == position_ids.shape == tokens.shape and attn_mask.shape == tokens.shape + tokens.shape[1:], (
-        f"for tokens of shape {tuple(tokens.shape)} expected input_ids and position_ids of that shape and attn_mask "
-        f"{tuple(tokens.shape + tokens.shape[1:])}, got {tuple(input_ids.shape)}, {tuple(position_ids.shape)}, "
-        f"{tuple(attn_mask.shape)}")
+def assert_rows_are_the_policy_at_each_state(model, tokens, masked_inputs, bkspc_id, every=1):
+    """The definition of the masking: with masked_inputs = (input_ids, position_ids, removed_at) of the rows tokens,
+    row j of the masked forward equals the model's forward on the state after tokens[:j+1], the position ids are
+    the stack depths (the index of each state's last token in its text), and the input id is that last token.
+    Checked at every position j, or every `every`-th one and the last."""
+    input_ids, position_ids, removed_at = masked_inputs
+    for name, x in zip(('input_ids', 'position_ids', 'removed_at'), masked_inputs):
+        assert x.shape == tokens.shape, f"for tokens of shape {tuple(tokens.shape)}, {name} has shape {tuple(x.shape)}"
+    attn_mask = attention_mask(removed_at)
     logits = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
+    n = tokens.size(1)
+    checked = sorted(set(range(0, n, every)) | {n - 1})
     for b in range(tokens.size(0)):
-        states = [final_text(tokens[b, :j + 1], bkspc_id) for j in range(tokens.size(1))]
-        fresh = last_logits_of_each_state(model, states)
-        for j in range(tokens.size(1)):
+        states = {j: final_text(tokens[b, :j + 1], bkspc_id) for j in checked}
+        fresh = dict(zip(checked, last_logits_of_each_state(model, list(states.values()))))
+        for j in checked:
             where = f"row {b}, position {j} (token {tokens[b, j].item()}, state {states[j]})"
             assert input_ids[b, j] == states[j][-1], (
                 f"{where}: input id {input_ids[b, j].item()}, expected {states[j][-1]}: the last token of the state "
@@ -116,28 +153,30 @@ def test_masking_is_exact(tiny_model, n_prompt):
         p = prompts[b]
         tokens[b] = torch.cat([tokens[b, :p], torch.tensor(inserted), tokens[b, p:]])[:40]
     assert (tokens == BK).sum() > 60
-    assert_rows_are_the_policy_at_each_state(model, tokens, n_prompt, BK)
+    assert_rows_are_the_policy_at_each_state(model, tokens, backspace_inputs(tokens, BK, n_prompt), BK)
 
 
 def test_masking_is_exact_with_a_gpt2_sized_vocabulary(tiny_model):
     bk = 50257  # GPT-2's <bkspc>, inside the padded vocabulary of 50304
     model = tiny_model(vocab_size=50304, n_embd=16)
     tokens = random_trajectories(2, 24, 2, bk, p_bkspc=0.4, seed=7)
-    assert_rows_are_the_policy_at_each_state(model, tokens, 2, bk)
+    assert_rows_are_the_policy_at_each_state(model, tokens, backspace_inputs(tokens, bk, 2), bk)
 
 
 def test_masking_is_exact_at_gpt2_length(tiny_model):
-    """n = 1024 (the GPT-2 block), with few and with many backspaces (hundreds of copies per row)."""
+    """n = 1024 (the GPT-2 block), with few and with many backspaces (hundreds of copies per row); every 7th
+    position against a fresh forward (all 2,048 states would take seconds)."""
     model = tiny_model(block_size=1024, n_layer=1, n_embd=16)
     tokens = torch.cat([random_trajectories(1, 1024, 1, BK, p_bkspc=p, seed=7) for p in (0.02, 0.45)])
-    assert_rows_are_the_policy_at_each_state(model, tokens, 1, BK)
+    assert_rows_are_the_policy_at_each_state(model, tokens, backspace_inputs(tokens, BK, 1), BK, every=7)
 
 
 def test_masking_positions_and_mask_by_hand():
     # prompt [10, 11], then 12, <bkspc>, 13: the worked example of backspace_inputs' docstring
     tokens = [10, 11, 12, BK, 13]
     states = [final_text(torch.tensor(tokens[:j + 1]), BK) for j in range(5)]
-    input_ids, position_ids, attn_mask = backspace_inputs(torch.tensor([tokens]), BK, 2)
+    input_ids, position_ids, removed_at = backspace_inputs(torch.tensor([tokens]), BK, 2)
+    attn_mask = attention_mask(removed_at)
     expected = {
         'input_ids': [10, 11, 12, 11, 13],  # the <bkspc> position is a copy of the token now on top, 11 ...
         'position_ids': [0, 1, 2, 1, 2],  # ... with its position id; a pushed token's position id is the stack depth
@@ -156,16 +195,14 @@ def test_masking_positions_and_mask_by_hand():
                                          f"{row}, expected {expected_mask[j]} (exactly the positions of its state)")
 
 
-def test_masking_returns_int64_ids_and_a_bool_mask_on_the_tokens_device_also_for_zero_rows():
+def test_masking_returns_int64_tensors_on_the_tokens_device_also_for_zero_rows():
     tokens = torch.tensor([[1, 2, BK, 3]])
     for rows in (tokens, tokens[:0]):  # zero rows: data-only SequenceMatch draws no rollouts
         got = backspace_inputs(rows, BK, 1)
-        for name, x, dtype, shape in zip(('input_ids', 'position_ids', 'attn_mask'), got,
-                                         (torch.int64, torch.int64, torch.bool),
-                                         (rows.shape, rows.shape, rows.shape + rows.shape[1:])):
-            assert x.dtype == dtype and x.shape == shape and x.device == rows.device, (
-                f"for {len(rows)} row(s) of 4 tokens, {name} should be a {dtype} tensor of shape {tuple(shape)} on "
-                f"{rows.device} (GPT.forward reads it as is), got a {x.dtype} tensor of shape {tuple(x.shape)} on {x.device}")
+        for name, x in zip(('input_ids', 'position_ids', 'removed_at'), got):
+            assert x.dtype == torch.int64 and x.shape == rows.shape and x.device == rows.device, (
+                f"for {len(rows)} row(s) of 4 tokens, {name} should be an int64 tensor of shape {tuple(rows.shape)} "
+                f"on {rows.device}, got a {x.dtype} tensor of shape {tuple(x.shape)} on {x.device}")
 
 
 def test_masking_refuses_a_bkspc_into_the_prompt_or_an_empty_row():
@@ -202,7 +239,7 @@ def test_rollouts_are_exact(tiny_model):
     model = BiasedGPT(tiny_model().config, bkspc_bias=2.5, eos_bias=-2.0).eval()
     torch.manual_seed(1)
     prompt = torch.randint(0, BK, (8, 5))
-    tokens, valid = generate(model, prompt, 40, BK, temperature=1.5, eos_id=0)
+    tokens, valid, _ = generate(model, prompt, 40, BK, temperature=1.5, eos_id=0)
     step_logits = model.seen  # step_logits[t]: the logits that chose tokens[:, 5 + t]
     assert tokens.shape == valid.shape == (8, 45)
     assert (tokens[:, :5] == prompt).all() and not valid[:, :5].any()
@@ -231,11 +268,25 @@ def test_rollouts_attending_over_the_whole_cache_as_on_a_gpu_are_the_same(tiny_m
     monkeypatch.setattr(KVCache, 'key_length', lambda self, T, device: self.shape[4])
     torch.manual_seed(3)
     got = generate(model, prompt, 30, BK, eos_id=0)
-    for name, g, w in zip(('tokens', 'valid'), got, want):
+    for name, g, w in zip(('tokens', 'valid'), got[:2], want[:2]):
         assert torch.equal(g, w), f"{name} differ when each step attends over the whole cache: {g.tolist()} vs {w.tolist()}"
 
 
-def test_rollout_feeds_one_token_per_step_through_the_kv_cache(tiny_model):
+@pytest.mark.parametrize('eos_bias', [-2.0, 1.5], ids=['rows end late', 'every row ends early'])
+def test_rollout_returns_the_masked_inputs_of_its_rows(tiny_model, eos_bias):
+    """The Stacks that generate returns hold the rows' masked inputs (training reads them as they are), also for
+    the padding after the last row ended, which the loop never samples."""
+    model = BiasedGPT(tiny_model().config, bkspc_bias=2.5, eos_bias=eos_bias).eval()
+    torch.manual_seed(4)
+    tokens, valid, stacks = generate(model, torch.randint(1, BK, (6, 3)), 60, BK, eos_id=0)
+    assert (tokens == BK).sum() > 3
+    if eos_bias > 0:
+        assert not valid[:, -10:].any(), "the test needs every row to end well before the last step"
+    assert_rows_are_the_policy_at_each_state(model, tokens, (stacks.input_ids, stacks.position_ids, stacks.removed_at),
+                                             BK)
+
+
+def test_rollout_feeds_one_token_per_step_through_the_cache(tiny_model):
     model = BiasedGPT(tiny_model().config, bkspc_bias=2.5).eval()
     prompt = torch.randint(0, BK, (3, 4))
     generate(model, prompt, 12, BK)
@@ -250,22 +301,51 @@ def test_rollout_feeds_one_token_per_step_through_the_kv_cache(tiny_model):
 def test_rollout_never_deletes_the_prompt(tiny_model):
     model = BiasedGPT(tiny_model().config, bkspc_bias=1e4).eval()
     prompt = torch.randint(0, BK, (4, 6))
-    tokens, valid = generate(model, prompt, 30, BK, top_k=5)
-    assert (tokens[:, 7::2] == BK).all(), f"it should delete whenever it may: {tokens.tolist()}"
+    tokens, valid, _ = generate(model, prompt, 30, BK, top_k=5)
     for b, row in enumerate(tokens):
-        for j in range(6, len(row)):
-            state = final_text(row[:j + 1], BK)
-            assert state[:6] == row[:6].tolist(), f"row {b}, position {j}: the state {state} lost part of the prompt"
-    tokens, _ = generate(model, prompt, 30, BK, top_k=5, allow_bkspc=False)
+        depth = 0
+        for j, tok in enumerate(row.tolist()):
+            depth += -1 if tok == BK else 1
+            assert j < 6 or depth >= 6, (f"row {b}, position {j}: this <bkspc> deletes into the prompt (the first 6 tokens): "
+                                f"mask <bkspc> out (-inf) wherever only the prompt is left. The row: {row.tolist()}")
+    assert (tokens[:, 7::2] == BK).all(), f"it should delete whenever it may: {tokens.tolist()}"
+    tokens, _, _ = generate(model, prompt, 30, BK, top_k=5, allow_bkspc=False)
     assert not (tokens == BK).any(), f"allow_bkspc=False still deleted: {tokens.tolist()}"
 
 
-def test_greedy_rollout_is_deterministic(tiny_model):
+def test_greedy_rollout_takes_the_argmax_of_the_policy(tiny_model):
     model = tiny_model()
     prompt = torch.randint(0, BK, (3, 4))
-    a, _ = generate(model, prompt, 10, BK, temperature=0)
-    b, _ = generate(model, prompt, 10, BK, temperature=0)
-    assert torch.equal(a, b), f"temperature=0 should be greedy: {a.tolist()} then {b.tolist()}"
+    tokens, _, _ = generate(model, prompt, 10, BK, temperature=0, allow_bkspc=False)
+    for b, row in enumerate(tokens):
+        for j in range(4, 14):
+            fresh = model(row[None, :j])[0, -1, :BK]  # the policy at the state before position j, <bkspc> not allowed
+            assert row[j] == fresh.argmax(), (f"row {b}, position {j}: temperature=0 took {row[j].item()}, but the "
+                                               f"policy's most likely action there is {fresh.argmax().item()}")
+
+
+@pytest.mark.parametrize('temperature, top_k', [(1.0, None), (0.5, None), (2.0, 4)])
+def test_rollout_samples_softmax_of_the_logits_over_temperature_within_the_top_k(tiny_model, temperature, top_k):
+    """The first action of 6,000 rows sharing one prompt: its counts against softmax(logits / temperature) over
+    the top_k actions (zero probability outside them), by a chi-square statistic."""
+    model = BiasedGPT(tiny_model().config, bkspc_bias=1.0).eval()
+    prompt = torch.randint(0, BK, (1, 5)).expand(6000, 5)
+    torch.manual_seed(5)
+    tokens, _, _ = generate(model, prompt, 1, BK, temperature=temperature, top_k=top_k)
+    logits = model(prompt[:1])[0, -1, :BK] / temperature  # no <bkspc>: only the prompt is left
+    if top_k is not None:
+        logits[logits < logits.topk(top_k).values[-1]] = float('-inf')
+    p = torch.softmax(logits.double(), dim=-1)
+    counts = torch.bincount(tokens[:, 5], minlength=BK).double()
+    outside = counts[p == 0].sum().item()
+    assert outside == 0, f"{outside:.0f} draws fell outside the top {top_k} actions, which have probability 0"
+    expected = 6000 * p
+    chi2 = ((counts - expected) ** 2 / expected)[p > 0].sum().item()
+    dof = int((p > 0).sum()) - 1
+    assert chi2 < dof + 6 * math.sqrt(2 * dof), (
+        f"the counts of the first action {counts.long().tolist()} are far from 6000 * softmax(logits / {temperature}) "
+        f"over the top {top_k or 'all'} actions {expected.round().long().tolist()} (chi-square {chi2:.0f} with {dof} "
+        f"degrees of freedom): divide the logits by temperature, and keep only the top_k before the softmax")
 
 
 
@@ -273,7 +353,7 @@ def test_rollout_eos_is_a_valid_action_and_the_row_is_padded_after_it(tiny_model
     model = BiasedGPT(tiny_model().config, bkspc_bias=1.0, eos_bias=1.5).eval()
     torch.manual_seed(2)
     prompt = torch.randint(1, BK, (8, 3))
-    tokens, valid = generate(model, prompt, 30, BK, eos_id=0)
+    tokens, valid, _ = generate(model, prompt, 30, BK, eos_id=0)
     ended = 0
     for b in range(8):
         eos_at = [j for j in range(3, 33) if tokens[b, j] == 0]  # the first is the eos action, any later ones padding
@@ -296,7 +376,7 @@ def test_rollout_samples_only_the_base_vocabulary_and_bkspc(tiny_model):
     model = BiasedGPT(tiny_model(vocab_size=24).config, bkspc_bias=0.0, padding_bias=50.0).eval()
     prompt = torch.randint(0, BK, (6, 4))
     for kwargs in (dict(temperature=1.0), dict(temperature=1.0, top_k=3), dict(temperature=0)):
-        tokens, _ = generate(model, prompt, 20, BK, **kwargs)
+        tokens, _, _ = generate(model, prompt, 20, BK, **kwargs)
         assert tokens.max() <= BK, (f"generate({kwargs}) sampled the padding id {tokens.max().item()}: sample from "
                                     f"logits[..., :bkspc_id + 1] only (the base vocabulary and <bkspc>)")
 # ----------------------------------------------------------------------------- add_noise
@@ -355,13 +435,14 @@ def assert_close(got, want, rtol, what):
     assert err < rtol, f"{what} differs from its definition by {err:.3g} (relative), more than {rtol}"
 
 
-@pytest.mark.parametrize('dtype, rtol', [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
-def test_soft_values_and_their_gradient_equal_the_definition(dtype, rtol):
+def assert_values_and_gradient_are_the_definition(fn, dtype, rtol):
+    """fn(logits, actions) -> (V, Q) against their float64 definition, values and gradients, on logits that are a
+    slice of wider ones (as the model's padded vocabulary)."""
     g = torch.Generator().manual_seed(0)
-    B, n, A, padding = 3, 7, 11, 5  # the logits are a slice of wider ones, as the model's padded vocabulary
+    B, n, A, padding = 3, 7, 11, 5
     wide = (4 * torch.randn(B, n, A + padding, generator=g)).to(dtype).requires_grad_()
     actions = torch.randint(0, A, (B, n), generator=g)
-    V, Q = soft_values(wide[..., :A], actions)
+    V, Q = fn(wide[..., :A], actions)
     for name, x in (('V', V), ('Q', Q)):
         assert x.dtype == torch.float32 and x.shape == (B, n), (
             f"{name} should be a float32 tensor of shape {(B, n)} (the losses add up many of them), got a "
@@ -375,35 +456,65 @@ def test_soft_values_and_their_gradient_equal_the_definition(dtype, rtol):
     reference = wide.detach().double().requires_grad_()
     V_ref, Q_ref = definition_V_Q(reference[..., :A], actions)
     (V_ref * dV.double() + Q_ref * dQ.double()).sum().backward()
+    assert wide.grad is not None, "V and Q should be differentiable with respect to the logits"
     assert wide.grad.dtype == dtype, f"the gradient should have the logits' dtype {dtype}, got {wide.grad.dtype}"
     assert_close(wide.grad, reference.grad, 2 * rtol, "the gradient of the logits")
     assert (wide.grad[..., A:] == 0).all(), "the padding columns beyond the action space get no gradient"
 
 
-def test_soft_values_do_not_depend_on_the_chunk_size():
+@pytest.mark.parametrize('dtype, rtol', [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_soft_values_and_their_gradient_equal_the_definition(dtype, rtol):
+    assert_values_and_gradient_are_the_definition(soft_values, dtype, rtol)
+
+
+@pytest.mark.parametrize('dtype, rtol', [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_chunked_soft_values_and_their_gradient_equal_the_definition(dtype, rtol):
+    assert_values_and_gradient_are_the_definition(lambda logits, actions: chunked_soft_values(logits, actions, 4),
+                                                  dtype, rtol)
+
+
+def test_chunked_soft_values_agree_with_soft_values():
+    """The two ways to compute V and Q, in values and gradients, on the same logits."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 10, 17, generator=g, requires_grad=True)
+    actions = torch.randint(0, 17, (3, 10), generator=g)
+    dV, dQ = torch.randn(3, 10, generator=g), torch.randn(3, 10, generator=g)
+    results = []
+    for fn in (soft_values, chunked_soft_values):
+        logits.grad = None
+        V, Q = fn(logits, actions)
+        (V * dV + Q * dQ).sum().backward()
+        results.append((V.detach(), Q.detach(), logits.grad.clone()))
+    for name, plain, chunked in zip(('V', 'Q', 'the gradient'), *results):
+        diff = (plain - chunked).abs().max().item()
+        assert diff < 1e-5, f"{name} of chunked_soft_values differs from soft_values' by {diff:.3g}"
+
+
+def test_chunked_soft_values_do_not_depend_on_the_chunk_size():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(4, 9, 13, generator=g, requires_grad=True)
     actions = torch.randint(0, 13, (4, 9), generator=g)
     results = []
     for chunk_rows in (1, 5, 36, None):
         logits.grad = None
-        V, Q = soft_values(logits, actions, chunk_rows)
+        V, Q = chunked_soft_values(logits, actions, chunk_rows)
         (V.square() + Q).sum().backward()
         results.append((chunk_rows, V.detach(), Q.detach(), logits.grad.clone()))
     for chunk_rows, *got in results[1:]:
         for name, x, y in zip(('V', 'Q', 'the gradient'), got, results[0][1:]):
             assert torch.equal(x, y), f"{name} with chunk_rows={chunk_rows} differs from chunk_rows=1"
 
-def test_soft_values_keep_no_float32_copy_of_the_logits_for_the_backward():
+
+def test_chunked_soft_values_keep_no_float32_copy_of_the_logits_for_the_backward():
     """At GPT-2 shapes the logits are the largest tensor of a step: the backward may keep them (bf16 under
     autocast), never a float32 copy of them."""
     logits = torch.randn(4, 16, 300, dtype=torch.bfloat16, requires_grad=True)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x) or x, lambda x: x):
-        V, Q = soft_values(logits[..., :257], torch.randint(0, 257, (4, 16)))
+        V, Q = chunked_soft_values(logits[..., :257], torch.randint(0, 257, (4, 16)))
     big = [(tuple(x.shape), x.dtype) for x in saved if x.dtype == torch.float32 and x.numel() >= logits[..., :257].numel()]
-    assert not big, (f"soft_values keeps float32 tensors as large as the logits for the backward: {big}. Keep the "
-                     f"logits themselves (and V) and recompute the softmax in the backward, a chunk at a time")
+    assert not big, (f"chunked_soft_values keeps float32 tensors as large as the logits for the backward: {big}. Keep "
+                     f"the logits themselves (and V) and recompute the softmax in the backward, a chunk at a time")
 
 
 # ----------------------------------------------------------------------------- seqmatch_loss
@@ -452,6 +563,34 @@ def test_seqmatch_loss_by_hand():
                                 gamma, alpha)
     assert_loss_terms(loss, stats, expected)
     assert loss.dtype == torch.float32 and loss.dim() == 0, f"the loss should be a 0-dim float32 tensor, got {loss}"
+
+
+def test_seqmatch_loss_with_model_rows_by_hand():
+    """A data row and a model row: each group averaged on its own, the expert term on the data row's expert
+    transitions only (one of its valid transitions is not marked expert here), the reward statistics per group."""
+    V = [[1.0, 2.0, 0.5, 1.5],  # a data row: 3 valid transitions, the one into position 2 not marked expert
+         [0.5, 1.0, 2.0, 3.0]]  # a model row: a prompt of 2, then 2 actions, the last one ending the episode
+    Q = [[0.0, 1.0, 0.0, 2.0],
+         [0.0, 0.0, 1.5, -1.0]]
+    valid = torch.tensor([[False, True, True, True], [False, False, True, True]])
+    expert = torch.tensor([[False, True, False, True], [False, False, False, False]])
+    done = torch.tensor([[False, False, False, False], [False, False, False, True]])
+    gamma, alpha = 0.5, 0.25  # 4 alpha = 1
+    r_data = [Q[0][1] - gamma * V[0][1], Q[0][2] - gamma * V[0][2], Q[0][3] - gamma * V[0][3]]  # [0, -0.25, 1.25]
+    r_model = [Q[1][2] - gamma * V[1][2], Q[1][3] - gamma * 0.0]  # [0.5, -1]: V after the episode ended is 0
+    value_data = [V[0][0] - gamma * V[0][1], V[0][1] - gamma * V[0][2], V[0][2] - gamma * V[0][3]]
+    value_model = [V[1][1] - gamma * V[1][2], V[1][2] - gamma * 0.0]
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    expected = {
+        'expert': -mean([r_data[0], r_data[2]]),  # the expert transitions into positions 1 and 3
+        'value': (mean(value_data) + mean(value_model)) / 2,
+        'chi2': (mean([r * r for r in r_data]) + mean([r * r for r in r_model])) / 2 / (4 * alpha),
+        'reward_data': mean(r_data),
+        'reward_model': mean(r_model),
+    }
+    loss, stats = seqmatch_loss(torch.tensor(V), torch.tensor(Q), valid, expert, torch.tensor([True, False]), done,
+                                gamma, alpha)
+    assert_loss_terms(loss, stats, expected, "a data row and a model row: ")
 
 
 def random_batch(seed, is_data, n=9):
@@ -545,7 +684,7 @@ def test_seqmatch_loss_mixture_weights_data_and_model_equally():
     is_data2 = torch.tensor([True, False, False])
     two, _ = seqmatch_loss(*twice[:3], twice[2] & is_data2[:, None], is_data2, twice[3], 0.998, 0.5)
     assert abs(one.item() - two.item()) < 1e-5, "a second copy of the model row changes the loss: average within each group"
-    assert not math.isnan(stats['reward_model'].item())
+    assert not math.isnan(stats['reward_model'].item()), f"stats['reward_model'] is nan: it should be {TERMS['reward_model']}"
 
 
 @pytest.mark.parametrize('gamma', [0.998, 0.9])
@@ -605,13 +744,20 @@ def test_bc_loss_by_hand():
                                            f"V[:, j-1] - Q[:, j] (= -log pi of the action into position j)")
 
 
-def test_bc_loss_counts_only_expert_transitions():
+def test_bc_loss_counts_only_expert_transitions_pooled_over_rows():
+    """Rows with 5, 1 and 2 expert transitions: each transition weighs the same, whichever row it is in."""
     g = torch.Generator().manual_seed(2)
     V, Q = torch.randn(3, 7, generator=g), torch.randn(3, 7, generator=g)
-    expert = torch.rand(3, 7, generator=g) < 0.5
-    expert[:, 0] = True  # ignored: no transition into the first token
-    nll = V[:, :-1] - Q[:, 1:]  # (3, 6)
-    want, every = nll[expert[:, 1:]].mean().item(), nll.mean().item()
+    expert = torch.tensor([[True, True, True, False, True, True, True],  # column 0 is ignored: no transition into it
+                           [False, False, False, True, False, False, False],
+                           [True, False, True, False, False, False, True]])
+    nll = V[:, :-1] - Q[:, 1:]  # (3, 6): -log pi of the action into positions 1 .. 6
+    mask = expert[:, 1:]
+    want = nll[mask].mean().item()
+    every = nll.mean().item()
+    per_row = torch.stack([nll[b][mask[b]].mean() for b in range(3)]).mean().item()
     got = bc_loss(V, Q, expert).item()
-    hint = ": that is the mean over every transition, count only expert ones" if abs(got - every) < 1e-5 else ""
+    hint = (": that is the mean over every transition, count only expert ones" if abs(got - every) < 1e-5 else
+            ": that is the mean per row, then over rows; pool the expert transitions of all rows (a row with more "
+            "of them counts more)" if abs(got - per_row) < 1e-5 else "")
     assert abs(got - want) < 1e-5, f"bc_loss is {got:.6g}, expected {want:.6g}{hint}"
