@@ -52,6 +52,24 @@ class Tokenizer:
             return self.gpt2.decode([token])
         return self.itos[token]
 
+    def typed_text(self, actions, deleted, strike):
+        """What was typed, deletions included; deleted: the indices in actions of the tokens that <bkspc>s deleted.
+        strike=False: every action as typed, each <bkspc> as ⌫: 'ab⌫c' is a, b, a <bkspc> that deleted the b,
+        then c (the text 'ac'). strike=True (a terminal): the deleted tokens struck through in red, no ⌫.
+        A deleted newline shows as ↵ in both, so that the lines are those of the text left."""
+        deleted = set(deleted)
+        pieces = []
+        for j, tok in enumerate(actions):
+            text = self.token_text(tok)
+            if j in deleted:
+                text = text.replace('\n', '↵')
+                if strike:
+                    text = f"\x1b[9;31m{text}\x1b[0m"
+            elif tok == self.bkspc_id and strike:
+                text = ''
+            pieces.append(text)
+        return ''.join(pieces)
+
     def decode(self, tokens):
         if self.gpt2 is not None:  # whole sequences at once: a character can span several BPE tokens
             return self.gpt2.decode([t for t in tokens if t != self.bkspc_id])
