@@ -13,7 +13,7 @@ import torch
 
 from model import GPT
 from seqmatch import apply_backspaces, generate
-from tokenizer import Tokenizer
+from tokenizer import BPEUnavailableError, Tokenizer
 
 # -----------------------------------------------------------------------------
 out_dir = 'out-shakespeare-seqmatch'  # the run to sample from (its ckpt.pt)
@@ -37,7 +37,10 @@ except (FileNotFoundError, pickle.UnpicklingError) as e:  # no checkpoint, or on
     raise SystemExit(f"error: {e}")
 meta = checkpoint['meta']
 model.eval()
-tokenizer = Tokenizer(meta)
+try:
+    tokenizer = Tokenizer(meta)
+except BPEUnavailableError as e:
+    raise SystemExit(str(e))
 bkspc_id, eos_id = meta['bkspc_id'], meta['eos_id']
 
 if start.startswith('FILE:'):

@@ -24,9 +24,14 @@ def load_meta(data_dir):
         return pickle.load(f)
 
 
+class BPEUnavailableError(OSError):
+    """GPT-2's BPE files are not in tiktoken's cache, and tiktoken could not download them."""
+
+
 class Tokenizer:
 
     def __init__(self, meta):
+        """BPEUnavailableError for a GPT-2 BPE dataset whose BPE files tiktoken can neither find nor download."""
         self.bkspc_id = meta['bkspc_id']
         self.eos_id = meta['eos_id']
         if meta['tokenizer'] == 'char':
@@ -34,7 +39,14 @@ class Tokenizer:
             self.gpt2 = None
         else:
             import tiktoken
-            self.gpt2 = tiktoken.get_encoding('gpt2')
+            try:
+                self.gpt2 = tiktoken.get_encoding('gpt2')  # downloads GPT-2's BPE files into its cache on first use
+            except OSError as e:  # requests' connection errors are OSErrors
+                raise BPEUnavailableError(
+                    f"tiktoken could not download GPT-2's BPE files ({type(e).__name__}). Offline? Set "
+                    f"TIKTOKEN_CACHE_DIR to a copy of a tiktoken cache that holds them (on a machine online, "
+                    f"TIKTOKEN_CACHE_DIR=DIR python -c \"import tiktoken; tiktoken.get_encoding('gpt2')\" fills DIR)"
+                ) from e
 
     def encode(self, text):
         if self.gpt2 is not None:
