@@ -3,10 +3,12 @@ Poor man's configurator, as in nanoGPT. A script defines its settings as globals
     exec(open('configurator.py').read())
 which applies, in order, each config file named on the command line and each --key=value override:
     python train.py config/shakespeare_seqmatch.py --batch_size=32 --device=cuda
-A key the script does not define, or a value of another type, stops with a clear error before
-anything is written. --help prints every setting with its default and comment, read from the script.
+A key the script does not define (naming the closest setting, if one is close), or a value of another type,
+stops with a clear error before anything is written. --help prints every setting with its default and
+comment, read from the script.
 """
 import ast
+import difflib
 import re
 import sys
 from ast import literal_eval
@@ -14,7 +16,10 @@ from ast import literal_eval
 
 def _set_config(key, value, where):
     if not isinstance(globals().get(key), (int, float, bool, str)):  # settings are plain values
-        raise SystemExit(f"config error: unknown key '{key}' in {where}")
+        settings = [k for k, v in globals().items() if isinstance(v, (int, float, bool, str)) and not k.startswith('_')]
+        close = difflib.get_close_matches(key, settings, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ''
+        raise SystemExit(f"config error: unknown key '{key}' in {where}{hint}")
     default = globals()[key]
     if isinstance(default, float) and type(value) is int:
         value = float(value)  # --learning_rate=1 means 1.0

@@ -1,6 +1,8 @@
 """
 Sample from a trained model, with <bkspc>: the printed text is what is left after the deletions;
-with --show_edits=True each sample also shows what was typed and then deleted.
+with --show_edits=True each sample also shows what was typed and then deleted: on a terminal the deleted
+tokens struck through in red, otherwise every action as typed with each <bkspc> as ⌫, so that 'ab⌫c' is
+a, b, a <bkspc> that deleted the b, then c (the text 'ac'); a deleted newline shows as ↵.
 $ python sample.py --out_dir=out-shakespeare-seqmatch --show_edits=True
 """
 import os
@@ -11,7 +13,7 @@ import torch
 
 from model import GPT, auto_device
 from seqmatch import apply_backspaces, generate
-from tokenizer import Tokenizer
+from tokenizer import BPEUnavailableError, Tokenizer
 
 # -----------------------------------------------------------------------------
 out_dir = 'out-shakespeare-seqmatch'  # the run to sample from (its ckpt.pt)
@@ -20,7 +22,7 @@ num_samples = 3  # samples to draw (generated as one batch)
 max_new_tokens = 500  # actions per sample, <bkspc> included
 temperature = 0.8  # 1.0 = the policy itself, < 1.0 = more conservative, 0 = greedy
 top_k = 200  # keep only the top_k most likely actions, 0 = all
-show_edits = False  # also print what was deleted: struck through on a terminal, [-like this-] otherwise
+show_edits = False  # also print what was typed: deletions struck through on a terminal, else each <bkspc> as ⌫
 seed = 1337  # random seed of the sampling
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'mps'
 # -----------------------------------------------------------------------------
@@ -34,7 +36,10 @@ except (FileNotFoundError, pickle.UnpicklingError) as e:  # no checkpoint, or on
     raise SystemExit(f"error: {e}")
 meta = checkpoint['meta']
 model.eval()
-tokenizer = Tokenizer(meta)
+try:
+    tokenizer = Tokenizer(meta)
+except BPEUnavailableError as e:
+    raise SystemExit(str(e))
 bkspc_id, eos_id = meta['bkspc_id'], meta['eos_id']
 
 if start.startswith('FILE:'):
@@ -67,27 +72,12 @@ def sample_long(prompt):
     return actions
 
 
-def render(actions, strike):
-    """The actions as text, with the deleted tokens marked where they were typed (a deleted newline as ↵)."""
-    deleted = set(apply_backspaces(prompt + actions, bkspc_id)[1])  # positions in prompt + actions
-    pieces = []
-    for j, tok in enumerate(actions, start=len(prompt)):
-        if tok == bkspc_id:
-            continue
-        text = tokenizer.token_text(tok)
-        if j not in deleted:
-            pieces.append(text)
-        elif strike:
-            pieces.append(f"\x1b[9;31m{text.replace(chr(10), '↵')}\x1b[0m")
-        else:
-            pieces.append(f"[-{text.replace(chr(10), '↵')}-]")
-    return ''.join(pieces)
-
-
 with torch.no_grad():
     for actions in sample_long(prompt):
-        print(start + tokenizer.decode(apply_backspaces(prompt + actions, bkspc_id)[0][len(prompt):]))
+        text, deleted = apply_backspaces(prompt + actions, bkspc_id)
+        print(start + tokenizer.decode(text[len(prompt):]))
         if show_edits:
             print(f"--- with the {actions.count(bkspc_id)} deletion(s) shown:")
-            print(start + render(actions, strike=sys.stdout.isatty()))
+            deleted = [j - len(prompt) for j in deleted]  # indices in actions
+            print(start + tokenizer.typed_text(actions, deleted, strike=sys.stdout.isatty()))
         print('---------------')

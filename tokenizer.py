@@ -24,9 +24,14 @@ def load_meta(data_dir):
         return pickle.load(f)
 
 
+class BPEUnavailableError(OSError):
+    """GPT-2's BPE files are not in tiktoken's cache, and tiktoken could not download them."""
+
+
 class Tokenizer:
 
     def __init__(self, meta):
+        """BPEUnavailableError for a GPT-2 BPE dataset whose BPE files tiktoken can neither find nor download."""
         self.bkspc_id = meta['bkspc_id']
         self.eos_id = meta['eos_id']
         if meta['tokenizer'] == 'char':
@@ -34,7 +39,14 @@ class Tokenizer:
             self.gpt2 = None
         else:
             import tiktoken
-            self.gpt2 = tiktoken.get_encoding('gpt2')
+            try:
+                self.gpt2 = tiktoken.get_encoding('gpt2')  # downloads GPT-2's BPE files into its cache on first use
+            except OSError as e:  # requests' connection errors are OSErrors
+                raise BPEUnavailableError(
+                    f"tiktoken could not download GPT-2's BPE files ({type(e).__name__}). Offline? Set "
+                    f"TIKTOKEN_CACHE_DIR to a copy of a tiktoken cache that holds them (on a machine online, "
+                    f"TIKTOKEN_CACHE_DIR=DIR python -c \"import tiktoken; tiktoken.get_encoding('gpt2')\" fills DIR)"
+                ) from e
 
     def encode(self, text):
         if self.gpt2 is not None:
@@ -51,6 +63,24 @@ class Tokenizer:
         if self.gpt2 is not None:
             return self.gpt2.decode([token])
         return self.itos[token]
+
+    def typed_text(self, actions, deleted, strike):
+        """What was typed, deletions included; deleted: the indices in actions of the tokens that <bkspc>s deleted.
+        strike=False: every action as typed, each <bkspc> as ⌫: 'ab⌫c' is a, b, a <bkspc> that deleted the b,
+        then c (the text 'ac'). strike=True (a terminal): the deleted tokens struck through in red, no ⌫.
+        A deleted newline shows as ↵ in both, so that the lines are those of the text left."""
+        deleted = set(deleted)
+        pieces = []
+        for j, tok in enumerate(actions):
+            text = self.token_text(tok)
+            if j in deleted:
+                text = text.replace('\n', '↵')
+                if strike:
+                    text = f"\x1b[9;31m{text}\x1b[0m"
+            elif tok == self.bkspc_id and strike:
+                text = ''
+            pieces.append(text)
+        return ''.join(pieces)
 
     def decode(self, tokens):
         if self.gpt2 is not None:  # whole sequences at once: a character can span several BPE tokens

@@ -51,9 +51,17 @@ def test_train_then_sample(shakespeare_char, tmp_path, objective):
 
 def test_unknown_config_key_is_a_clear_error(tmp_path):
     out = tmp_path / 'never'
-    result = run('train.py', f'--out_dir={out}', '--learning_rat=1e-3', check=False)
+    result = run('train.py', f'--out_dir={out}', '--max_iter=10', check=False)
     assert result.returncode != 0
-    assert "unknown key 'learning_rat'" in result.stderr
+    assert result.stderr.strip() == "config error: unknown key 'max_iter' in --max_iter; did you mean max_iters?"
+    config = tmp_path / 'typo.py'
+    config.write_text('learning_rat = 1e-3\n')
+    result = run('train.py', str(config), f'--out_dir={out}', check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"config error: unknown key 'learning_rat' in {config}; did you mean learning_rate?"
+    result = run('train.py', f'--out_dir={out}', '--zzz=1', check=False)  # nothing close: no suggestion
+    assert result.returncode != 0
+    assert result.stderr.strip() == "config error: unknown key 'zzz' in --zzz"
     result = run('train.py', f'--out_dir={out}', '--max_iters=ten', check=False)
     assert result.returncode != 0
     assert "max_iters='ten' in --max_iters should be an int like the default" in result.stderr
