@@ -140,7 +140,7 @@ def or_exit(load, *args):
     """load(*args), stopping with one line on what a user can fix: a missing file or package, an unsafe checkpoint."""
     try:
         return load(*args)
-    except (FileNotFoundError, ImportError, pickle.UnpicklingError) as e:
+    except (OSError, ImportError, pickle.UnpicklingError) as e:  # (a missing file or BPE is an OSError)
         raise SystemExit(str(e))
 
 def duration(seconds):
@@ -160,7 +160,7 @@ if noise == 'ground_truth':
     from data.arithmetic.noise import wrong_digit_noise  # the one dataset with noise of its own
     task_noise = functools.partial(wrong_digit_noise, meta)
 if objective == 'seqmatch':
-    rollout_prompts = RolloutPrompts(data_dir, prompt_len, Tokenizer(meta).encode(prompt_suffix) if prompt_suffix else ())
+    rollout_prompts = RolloutPrompts(data_dir, prompt_len, or_exit(Tokenizer, meta).encode(prompt_suffix) if prompt_suffix else ())
 train_batches = TrainBatches(data_dir, objective, batch_size, block_size, gradient_accumulation_steps, seed, ddp_rank,
                              p_noise, bkspc_id, eos_id, task_noise)
 
