@@ -2,11 +2,12 @@
 The rows that train.py and eval.py read: windows of a prepared dataset's token files, train.py's micro-batches of
 data, and the replay buffer of the model's own rollouts that SequenceMatch trains on next to them.
 
-A prepared dataset is a folder with train.bin and val.bin (uint16 token ids, as in nanoGPT) and meta.pkl (see
-tokenizer.py), written by one of the data/*/prepare.py. A micro-batch is a function of its index (the seed, the
+A prepared dataset is a folder with train.bin and val.bin (token ids, uint16 as in nanoGPT, or uint32 where meta.pkl
+says so) and meta.pkl (see tokenizer.py), written by one of the data/*/prepare.py. A micro-batch is a function of its index (the seed, the
 process, the iteration and the micro-step), so a resumed run builds the same batches again with no generator
 state saved, and worker processes can build them ahead of the model.
 """
+import functools
 import os
 import signal
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from seqmatch import backspace_inputs, noisy_rows
+from tokenizer import load_meta
 
 
 def dataset_dir(dataset):
@@ -22,16 +24,27 @@ def dataset_dir(dataset):
     return dataset if os.path.dirname(dataset) else os.path.join('data', dataset)
 
 
+@functools.lru_cache
+def token_dtype(data_dir):
+    """The dtype of a dataset's token files: uint16, or what its meta.pkl names (uint32 for more than 65,536 ids)."""
+    return np.dtype(load_meta(data_dir).get('token_dtype', 'uint16'))
+
+
+def token_file(data_dir, split):
+    """The split's token ids, a read-only memmap. Make a new one for each read: one kept open leaks memory (as
+    nanoGPT notes)."""
+    return np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=token_dtype(data_dir), mode='r')
+
+
 def windows(data_dir, split, starts, length):
     """(len(starts), length) int64 windows of the split's tokens beginning at starts, on the CPU."""
-    # a new memmap every call: one kept open leaks memory (as nanoGPT notes)
-    data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
+    data = token_file(data_dir, split)
     return torch.stack([torch.from_numpy(data[i:i + length].astype(np.int64)) for i in starts])
 
 
 def random_windows(data_dir, split, n_rows, length, generator=None):
     """(n_rows, length) windows at offsets drawn uniformly (from torch's global generator if none is given)."""
-    n_tokens = os.path.getsize(os.path.join(data_dir, f'{split}.bin')) // 2  # uint16
+    n_tokens = len(token_file(data_dir, split))
     return windows(data_dir, split, torch.randint(n_tokens - length, (n_rows,), generator=generator), length)
 
 
@@ -42,7 +55,7 @@ class RolloutPrompts:
     def __init__(self, data_dir, prompt_len, suffix=()):
         self.data_dir, self.prompt_len, self.ends = data_dir, prompt_len, None
         if suffix:
-            data = np.memmap(os.path.join(data_dir, 'train.bin'), dtype=np.uint16, mode='r')
+            data = token_file(data_dir, 'train')
             hits = np.lib.stride_tricks.sliding_window_view(data, len(suffix)) == suffix  # (n - len(suffix) + 1, len)
             ends = np.flatnonzero(hits.all(axis=1)) + len(suffix)
             self.ends = torch.from_numpy(ends[ends >= prompt_len])
