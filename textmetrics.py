@@ -1,0 +1,199 @@
+"""
+The statistics of generated text that eval.py puts next to MAUVE, as the SequenceMatch paper reports them, each with
+its definition and a worked example:
+  diversity and n-gram entropy:  need only the tokens (any sequences: characters of a string, token ids, words);
+  perplexity and MAUVE:          need a language model that reads the texts, the featurizer: a Hugging Face causal LM
+                                 (gpt2-large is MAUVE's own default) or one of this repository's checkpoints.
+The paper names these metrics without defining them in the text retrievable here, so each follows its usual source,
+named in its docstring.
+"""
+import math
+import os
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model import GPT
+from tokenizer import Tokenizer
+
+
+def ngrams(tokens, n):
+    """The n-grams of a sequence, in order: len(tokens) - n + 1 tuples, none if it is shorter than n.
+    >>> ngrams('abcb', 2)
+    [('a', 'b'), ('b', 'c'), ('c', 'b')]
+    >>> ngrams('ab', 3)
+    []"""
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def diversity(texts, orders=(2, 3, 4)):
+    """How little the texts repeat themselves: the product over n in orders of (1 - rep_n), where
+        rep_n = 1 - (distinct n-grams) / (n-grams),
+    both counts summed over the texts, each text's n-grams counted as distinct within that text alone (two texts that
+    share an n-gram do not repeat themselves). This is measure_repetition_and_diversity of SimCTG (Su et al., 2022,
+    github.com/yxuansu/SimCTG, simctg/evaluation.py), which reports it for open-ended generation next to MAUVE, except
+    that SimCTG splits texts at whitespace and misses each text's last n-gram; here every n-gram of the given sequences
+    counts. 1 when no text repeats an n-gram, near 0 for texts stuck in a loop; nan if the texts hold no n-gram of some
+    order (all shorter than n), where there is nothing to measure.
+    >>> diversity(['abab'])  # 2-grams ab, ba, ab: 2 distinct of 3; 3-grams aba, bab: 2 of 2; 4-gram abab: 1 of 1
+    0.6666666666666666
+    >>> diversity(['aaaaa'])  # one token repeated: 1 distinct of 4, of 3 and of 2
+    0.041666666666666664
+    >>> diversity(['abab', 'abab'])  # a text repeating another is not counted: as for one of them
+    0.6666666666666666
+    >>> diversity(['abc'])  # no 4-gram
+    nan"""
+    product = 1.0
+    for n in orders:
+        total = distinct = 0
+        for text in texts:
+            grams = ngrams(text, n)
+            total += len(grams)
+            distinct += len(set(grams))
+        if total == 0:
+            return math.nan
+        product *= distinct / total
+    return product
+
+
+def ngram_entropy(texts, n):
+    """The entropy, in bits, of the distribution of n-grams pooled over all the texts:
+        H = - sum over n-grams g of p(g) log2 p(g),   p(g) = (occurrences of g) / (n-grams),
+    the Ent-n of Zhang et al. (2018, "Generating informative and diverse conversational responses via adversarial
+    information maximization"). At most log2 of the number of n-grams (every one different); 0 for a single n-gram
+    repeated; nan if there is no n-gram at all.
+    >>> ngram_entropy(['abab'], 2)  # ab twice, ba once: -(2/3 log2 2/3 + 1/3 log2 1/3)
+    0.9182958340544896
+    >>> ngram_entropy(['ab', 'cd'], 2)  # two different 2-grams, equally often: 1 bit
+    1.0
+    >>> ngram_entropy(['aaaa'], 2)  # one token repeated: a single 2-gram
+    0.0
+    >>> ngram_entropy(['a'], 2)  # fewer tokens than n
+    nan"""
+    counts = Counter(g for text in texts for g in ngrams(text, n))
+    total = sum(counts.values())
+    if total == 0:
+        return math.nan
+    return -sum(c / total * math.log2(c / total) for c in counts.values()) + 0.0  # + 0.0: no -0.0
+
+
+def perplexity(nll, n_tokens):
+    """exp(mean negative log-likelihood per token, in nats): the number of equally likely choices the model would
+    have faced per token on average; nan without tokens.
+    >>> perplexity(3 * math.log(4), 3)  # each of 3 tokens had probability 1/4
+    4.0"""
+    return math.exp(nll / n_tokens) if n_tokens else math.nan
+
+
+# -----------------------------------------------------------------------------
+# Featurizers: a language model that reads texts
+
+
+class Featurizer:
+    """Reads texts with a language model, batch by batch. For each text, the feature MAUVE compares: the final hidden
+    state (after the last layer norm) at the text's last token, as mauve-text's own featurize_tokens_from_model takes
+    it; and the log-likelihood of the text's tokens, each given those before it (the first token has no context and is
+    not counted). A text is cut to its first max_len tokens, the model's context (mauve-text cuts at 1024 tokens).
+    Subclasses set name, max_len and device, and define encode(text) -> token ids and forward(ids, mask) -> (hidden
+    (B, T, C), logits (B, T, V)) for right-padded ids (B, T) with mask True on the real tokens."""
+
+    @torch.no_grad()
+    def read(self, texts, desc, batch_size=16):
+        """(features, nll, n_tokens): features, a (number of texts with a token, C) float32 array (a text with no token
+        has no last token, and no feature: mauve-text drops empty texts too); nll, the summed negative log-likelihood
+        in nats of n_tokens tokens. desc names the texts on the progress bar."""
+        rows = [row for row in (self.encode(text)[:self.max_len] for text in texts) if row]
+        features, nll, n_tokens = [], 0.0, 0
+        for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit='batch', leave=False):
+            batch = rows[start:start + batch_size]
+            lengths = torch.tensor([len(row) for row in batch], device=self.device)
+            ids = torch.zeros(len(batch), int(lengths.max()), dtype=torch.long, device=self.device)
+            for i, row in enumerate(batch):
+                ids[i, :len(row)] = torch.tensor(row)
+            mask = torch.arange(ids.size(1), device=self.device) < lengths[:, None]  # (B, T)
+            hidden, logits = self.forward(ids, mask)
+            features.append(hidden[torch.arange(len(batch)), lengths - 1].float().cpu())
+            token_nll = -F.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None])[..., 0]  # (B, T-1)
+            nll += token_nll[mask[:, 1:]].sum().item()
+            n_tokens += int(mask[:, 1:].sum())
+        return torch.cat(features).numpy(), nll, n_tokens
+
+
+class CheckpointFeaturizer(Featurizer):
+    """A GPT of this repository with its tokenizer (train.py's checkpoints, or the model being evaluated): its hidden
+    state is read by a forward hook on the final layer norm, so the model computes exactly what it computes in
+    training. Log-likelihoods are those of its policy (the base vocabulary and <bkspc>), as eval.py's val
+    cross-entropy."""
+
+    def __init__(self, model, tokenizer, name):
+        self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+        self.max_len, self.device = model.config.block_size, model.lm_head.weight.device
+        self.n_actions = tokenizer.bkspc_id + 1
+        self.hidden = None
+        model.transformer.ln_f.register_forward_hook(self.keep_hidden)
+
+    def keep_hidden(self, module, inputs, output):
+        self.hidden = output
+
+    def encode(self, text):
+        return self.tokenizer.encode(text)
+
+    def forward(self, ids, mask):
+        logits = self.model(ids)  # causal: the padding after a text changes nothing before it
+        return self.hidden, logits[..., :self.n_actions]
+
+
+class HFFeaturizer(Featurizer):
+    """A Hugging Face causal LM, by hub name (e.g. gpt2-large, downloaded once into Hugging Face's cache) or folder."""
+
+    def __init__(self, name, device):
+        """Raises OSError when it cannot be loaded (offline and not in the cache, say), ImportError without
+        transformers."""
+        try:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as e:
+            raise ImportError("a Hugging Face featurizer needs the optional package transformers: "
+                              "pip install -r requirements-extra.txt") from e
+        self.tokenizer = AutoTokenizer.from_pretrained(name)
+        self.model = AutoModelForCausalLM.from_pretrained(name).to(device).eval()
+        self.name, self.max_len, self.device = name, self.model.config.max_position_embeddings, device
+
+    def encode(self, text):
+        return self.tokenizer(text)['input_ids']
+
+    def forward(self, ids, mask):
+        out = self.model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
+        return out.hidden_states[-1], out.logits
+
+
+def load_featurizer(name, device):
+    """A file or a name ending in .pt (a train.py ckpt.pt) is one of this repository's checkpoints; any other name a
+    Hugging Face causal LM.
+    Raises what GPT.from_checkpoint, Tokenizer and HFFeaturizer raise: FileNotFoundError, pickle.UnpicklingError,
+    OSError (BPEUnavailableError included), ImportError."""
+    if name.endswith('.pt') or os.path.isfile(name):
+        model, checkpoint = GPT.from_checkpoint(name, device)
+        return CheckpointFeaturizer(model, Tokenizer(checkpoint['meta']), name)
+    return HFFeaturizer(name, device)
+
+
+def mauve_text():
+    """The mauve-text package (an optional extra: it brings faiss and scikit-learn). ImportError without it."""
+    try:
+        import mauve as mauve_text
+    except ImportError as e:
+        raise ImportError("MAUVE needs the optional package mauve-text: pip install -r requirements-extra.txt") from e
+    return mauve_text
+
+
+def mauve(p_features, q_features, scaling_factor, seed):
+    """MAUVE (Pillutla et al., NeurIPS 2021) of two sets of texts given their features, computed by mauve-text with
+    its defaults: both sets quantized together by k-means into (the smaller set's size) / 10 clusters, after a PCA
+    that keeps 90% of the variance; then the area under the divergence curve of the two cluster histograms P and Q,
+    the points (exp(-c KL(Q | R)), exp(-c KL(P | R))) for the mixtures R = w P + (1 - w) Q, c = scaling_factor.
+    1 for sets the featurizer cannot tell apart, near 0 for sets it always can. seed seeds the PCA and the k-means.
+    Raises ImportError without mauve-text."""
+    return mauve_text().compute_mauve(p_features=p_features, q_features=q_features, mauve_scaling_factor=scaling_factor,
+                                      seed=seed, verbose=False).mauve
