@@ -4,36 +4,50 @@ Compare trained models: prints one markdown table, one row per checkpoint.
                forbidden) and sampled (temperature 1.0, 8 answers per question), the backspace rate, how
                often a backspace removed a wrong character, and, teacher-forced, whether the model writes
                the right digit, deletes its own mistakes, and what its implicit rewards price them at;
-  text:        val cross-entropy, and statistics of sampled continuations: the fraction of generated
-               words that occur in the training text, distinct-2 (unique word pairs / word pairs),
-               the entropy of the character 3-gram distribution, the backspace rate, and (char-level)
-               the fraction of backspaces that deleted a rare character: one that follows the character
-               before it less than 1% of the time in the training text.
+  text:        val cross-entropy, and statistics of continuations sampled from held-out prompts (the same
+               prompts for every checkpoint, their true continuations in a first row for reference): the
+               fraction of generated words that occur in the training text, distinct-2 (unique word pairs /
+               word pairs), the entropy of the character 3-gram distribution, the backspace rate, (char-level)
+               the fraction of backspaces that deleted a rare character: one that follows the character before it
+               less than 1% of the time in the training text; the paper's diversity and token 4-gram entropy
+               (textmetrics.py), the perplexity of the continuations under the model itself and, with
+               --mauve=True, under the featurizer, and MAUVE against the true continuations. Each sampled column
+               is the mean ± the standard deviation over sampling_seeds samplings. docs/eval.md has the details.
+$ python eval.py --out_dirs=out-shakespeare-char-mle,out-shakespeare-char-bc,out-shakespeare-seqmatch --mauve=True
 $ python eval.py --out_dirs=out-arithmetic-mle,out-arithmetic-bc,out-arithmetic-seqmatch --split=test
 """
+import importlib.metadata
+import json
 import math
 import os
 import pickle
 import re
-from collections import Counter
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from batches import dataset_dir, random_windows
+import textmetrics
+from batches import dataset_dir, random_windows, token_file
 from model import GPT, auto_device
 from seqmatch import apply_backspaces, generate, mle_loss, soft_values
-from tokenizer import Tokenizer
+from tokenizer import BPEUnavailableError, Tokenizer
 
 # -----------------------------------------------------------------------------
 out_dirs = 'out-shakespeare-char-mle,out-shakespeare-seqmatch'  # comma-separated runs (each with a ckpt.pt)
 split = 'val'  # arithmetic: 'val' to choose settings; to report, 'test' (the paper's 200) or 'unseen' (~1,800 more)
 eval_iters = 50  # text: batches of 12 for the val cross-entropy
-num_samples = 64  # text: sampled continuations
+num_samples = 256  # text: held-out prompts, each continued once per sampling seed
 prompt_len = 16  # text: tokens of val data that start each continuation
+max_new_tokens = 48  # text: actions sampled after each prompt, <bkspc> included (prompt_len + this <= block_size)
+sampling_seeds = 3  # text: sample with seeds seed, seed + 1, ...: each sampled column is their mean ± std
 temperature = 1.0  # sampling temperature (arithmetic also reports greedy)
 samples_per_question = 8  # arithmetic: sampled answers per question (averages out the sampling noise)
+mauve = False  # text: also MAUVE against the true continuations, and the perplexity under the featurizer
+featurizer = 'gpt2-large'  # mauve: a Hugging Face causal LM (hub name or folder), or a ckpt.pt of this repository
+mauve_scaling_factor = 5.0  # mauve: the constant c of MAUVE's divergence curve, exp(-c KL) (mauve-text's default)
+json_path = ''  # text: also write every row's numbers (each sampling seed's) to this JSON file; '' = none
 seed = 1337  # random seed of the batches, prompts and samples
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'mps'
 # -----------------------------------------------------------------------------
@@ -153,44 +167,162 @@ def val_cross_entropy(model, data_dir, n_actions):
 
 
 WORD = re.compile(r"[A-Za-z']+")
+GENERATE_ROWS = 64  # continuations per call of generate: bounds the KV cache's memory and paces the progress bar
+
+
+def training_text(data_dir, tokenizer):
+    """What the char-level columns need from the training text: its words, and P(next character | the one before)
+    as a (bkspc_id, bkspc_id) array. (None, None) for a BPE or a large dataset, which has no such columns ('-')."""
+    train = token_file(data_dir, 'train')
+    if tokenizer.gpt2 is not None or len(train) >= 2_000_000:
+        return None, None
+    train = train.astype(np.int64)
+    known = set(WORD.findall(tokenizer.decode(train.tolist())))
+    bigrams = np.zeros((tokenizer.bkspc_id, tokenizer.bkspc_id))
+    np.add.at(bigrams, (train[:-1], train[1:]), 1)
+    return known, bigrams / bigrams.sum(axis=1, keepdims=True).clip(min=1)
+
+
+def draw_held_out(data_dir, eos_id):
+    """Windows of val data at offsets drawn from a generator of their own seeded with seed, so that every checkpoint
+    gets the same: (prompts (num_samples, prompt_len), the true continuation of each, a list of up to max_new_tokens
+    tokens (up to an eos_id), and sampling_seeds more sets of num_samples such lists from elsewhere in val: held-out
+    text that the first row compares with the true continuations, to show what MAUVE gives text from their source)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = random_windows(data_dir, 'val', num_samples * (1 + sampling_seeds), prompt_len + max_new_tokens, g)
+    texts = [until_eos(text, eos_id) for text in rows[:, prompt_len:].tolist()]
+    return rows[:num_samples, :prompt_len], texts[:num_samples], [texts[k * num_samples:(k + 1) * num_samples]
+                                                                  for k in range(1, 1 + sampling_seeds)]
+
+
+def until_eos(tokens, eos_id):
+    """The tokens of a text up to its first eos_id (the end of a document), if any."""
+    return tokens[:tokens.index(eos_id)] if eos_id in tokens else tokens
 
 
 @torch.no_grad()
-def text_row(model, tokenizer, data_dir):
-    bkspc_id = tokenizer.bkspc_id
-    ce = val_cross_entropy(model, data_dir, bkspc_id + 1)
-    prompts = random_windows(data_dir, 'val', num_samples, prompt_len).to(device)
-    tokens, valid, _ = generate(model, prompts, model.config.block_size - prompt_len, bkspc_id,
-                             temperature=temperature, eos_id=tokenizer.eos_id)
+def sample_continuations(model, tokenizer, prompts, bar):
+    """One continuation of each prompt, from torch's global generator: (the tokens each leaves after its backspaces,
+    up to an eos_id; the number of actions taken; the deletions, as typed_and_deleted gives them)."""
     texts, n_actions, deletions = [], 0, []
-    for prompt, row, ok in zip(prompts.tolist(), tokens[:, prompt_len:].tolist(), valid[:, prompt_len:].tolist()):
-        actions = [t for t, v in zip(row, ok) if v]
-        text, deleted = typed_and_deleted(prompt, actions, bkspc_id)
-        texts.append(tokenizer.decode(text))
-        n_actions += len(actions)
-        deletions += deleted
-    # whole words only: drop each continuation's first and last word, which the cut may have split
-    words = [w for t in texts for w in WORD.findall(t)[1:-1]]
-    train = np.fromfile(os.path.join(data_dir, 'train.bin'), dtype=np.uint16).astype(np.int64)
-    in_train = rare = float('nan')  # for small char-level training texts only
-    if tokenizer.gpt2 is None and len(train) < 2_000_000:
-        known = set(WORD.findall(tokenizer.decode(train.tolist())))
-        in_train = sum(w in known for w in words) / max(len(words), 1)
-        bigrams = np.zeros((bkspc_id, bkspc_id))
-        np.add.at(bigrams, (train[:-1], train[1:]), 1)
-        follows = bigrams / bigrams.sum(axis=1, keepdims=True).clip(min=1)  # P(next | previous)
-        rare = sum(follows[prev, tok] < 0.01 for _, tok, prev in deletions) / max(len(deletions), 1)
-    pairs = [p for t in texts for p in zip(WORD.findall(t), WORD.findall(t)[1:])]
-    distinct2 = len(set(pairs)) / max(len(pairs), 1)
-    trigrams = Counter(t[i:i + 3] for t in texts for i in range(len(t) - 2))
-    total = sum(trigrams.values())
-    entropy = -sum(c / total * math.log2(c / total) for c in trigrams.values())
-    return ce, in_train, distinct2, entropy, len(deletions) / max(n_actions, 1), rare
+    for chunk in prompts.split(GENERATE_ROWS):
+        tokens, valid, _ = generate(model, chunk.to(device), max_new_tokens, tokenizer.bkspc_id,
+                                    temperature=temperature, eos_id=tokenizer.eos_id)
+        for prompt, row, ok in zip(chunk.tolist(), tokens[:, prompt_len:].tolist(), valid[:, prompt_len:].tolist()):
+            actions = [t for t, v in zip(row, ok) if v]
+            text, deleted = typed_and_deleted(prompt, actions, tokenizer.bkspc_id)
+            texts.append(until_eos(text, tokenizer.eos_id))
+            n_actions += len(actions)
+            deletions += deleted
+        bar.update(len(chunk))
+    return texts, n_actions, deletions
 
+
+def text_statistics(texts, tokenizer, known):
+    """The columns that need only the texts (lists of token ids): {column: value}; 'in_train' only with the training
+    text's words (known)."""
+    decoded = [tokenizer.decode(t) for t in texts]
+    # whole words only: drop each continuation's first and last word, which the cut may have split
+    words = [w for t in decoded for w in WORD.findall(t)[1:-1]]
+    pairs = [p for t in decoded for p in zip(WORD.findall(t), WORD.findall(t)[1:])]
+    stats = {'distinct2': len(set(pairs)) / max(len(pairs), 1), 'char_entropy': textmetrics.ngram_entropy(decoded, 3),
+             'diversity': textmetrics.diversity(texts), 'entropy4': textmetrics.ngram_entropy(texts, 4)}
+    if known is not None:
+        stats['in_train'] = sum(w in known for w in words) / max(len(words), 1)
+    return stats
+
+
+def featurize(texts, tokenizer, desc):
+    """(MAUVE's features, perplexity) of the texts (lists of token ids) under the featurizer."""
+    try:
+        features, nll, n_tokens = reader.read([tokenizer.decode(t) for t in texts], desc)
+    except ValueError as e:  # a checkpoint's vocabulary without a character of this text
+        raise SystemExit(f"--featurizer={featurizer} cannot read this dataset's text: {e}")
+    return features, textmetrics.perplexity(nll, n_tokens)
+
+
+def reference_row(held, tokenizer, known):
+    """The true continuations' columns, where they have one: {column: [value]}; MAUVE, one value per sampling seed,
+    is that of other held-out text against them."""
+    _, continuations, others = held
+    values = {k: [v] for k, v in text_statistics(continuations, tokenizer, known).items()}
+    if mauve:
+        features, ppl = featurize(continuations, tokenizer, 'featurizing the true continuations')
+        values['ppl_featurizer'] = [ppl]
+        values['mauve'] = [textmetrics.mauve(featurize(texts, tokenizer, 'featurizing other held-out text')[0],
+                                             features, mauve_scaling_factor, seed + s) for s, texts in enumerate(others)]
+    return values
+
+
+def text_row(model, tokenizer, data_dir, held, known, follows, name):
+    """A checkpoint's columns: {column: [value, one per sampling seed]} ([one value] for the val cross-entropy)."""
+    values = {'ce': [val_cross_entropy(model, data_dir, tokenizer.bkspc_id + 1)]}
+    prompts, continuations, _ = held
+    print(f"{name}: sampling {sampling_seeds} x {num_samples} continuations of {max_new_tokens} actions, then "
+          f"reading them with the model itself{' and the featurizer' if mauve else ''}")
+    bar = tqdm(total=sampling_seeds * num_samples, desc='sampling', unit='continuation', leave=False)
+    samples = []
+    for s in range(sampling_seeds):
+        torch.manual_seed(seed + s)
+        samples.append(sample_continuations(model, tokenizer, prompts, bar))
+    bar.close()
+    itself = textmetrics.CheckpointFeaturizer(model, tokenizer, name)
+    for s, (texts, n_actions, deletions) in enumerate(samples):
+        stats = text_statistics(texts, tokenizer, known)
+        stats['bkspc_rate'] = len(deletions) / max(n_actions, 1)
+        if follows is not None:
+            stats['rare'] = sum(follows[prev, tok] < 0.01 for _, tok, prev in deletions) / max(len(deletions), 1)
+        _, nll, n_tokens = itself.read([tokenizer.decode(t) for t in texts], f'seed {seed + s}: the model reads')
+        stats['ppl_model'] = textmetrics.perplexity(nll, n_tokens)
+        if mauve:
+            features, stats['ppl_featurizer'] = featurize(texts, tokenizer, f'seed {seed + s}: featurizing')
+            # the true continuations cut to the generated texts' lengths (shortened by the backspaces), so that MAUVE
+            # does not tell them apart by their length
+            truth = [c[:len(t)] for c, t in zip(continuations, texts)]
+            stats['mauve'] = textmetrics.mauve(features, featurize(truth, tokenizer, f'seed {seed + s}: featurizing '
+                                                                   f'the true continuations')[0],
+                                               mauve_scaling_factor, seed + s)
+        for k, v in stats.items():
+            values.setdefault(k, []).append(v)
+    return values
+
+
+def cell(values, fmt):
+    """A table cell: '-' without values, one value, or the mean ± the standard deviation of several."""
+    if values is None:
+        return '-'
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(np.mean(values))} ± {fmt.format(np.std(values, ddof=1))}"
+
+
+TEXT_COLUMNS = [  # (key, header, format), in the table's order
+    ('ce', 'val cross-entropy', '{:.4f}'), ('in_train', 'words in training text', '{:.3f}'),
+    ('distinct2', 'distinct-2', '{:.3f}'), ('char_entropy', 'char 3-gram entropy (bits)', '{:.2f}'),
+    ('bkspc_rate', 'backspace rate', '{:.4f}'), ('rare', 'backspaces that deleted a rare character', '{:.2f}'),
+    ('diversity', 'diversity', '{:.3f}'), ('entropy4', '4-gram entropy (bits)', '{:.2f}'),
+    ('ppl_model', 'perplexity (the model)', '{:.2f}')]
+if mauve:
+    TEXT_COLUMNS += [('ppl_featurizer', 'perplexity (featurizer)', '{:.2f}'), ('mauve', 'MAUVE', '{:.3f}')]
+
+if mauve:  # before any sampling: without mauve-text or the featurizer, stop here in one line
+    try:
+        textmetrics.mauve_text()
+    except ImportError as e:
+        raise SystemExit(str(e))
+    mauve_version = importlib.metadata.version('mauve-text')
+    print(f"loading the featurizer {featurizer}")
+    try:
+        reader = textmetrics.load_featurizer(featurizer, device)
+    except (OSError, ImportError, ValueError, pickle.UnpicklingError) as e:  # (offline, the hub's errors are OSErrors)
+        raise SystemExit(f"--featurizer={featurizer} cannot be loaded ({' '.join(str(e).split())}); offline, give a "
+                         f"folder with a saved Hugging Face causal LM, or a checkpoint of this repository "
+                         f"(--featurizer=out-shakespeare-char-mle/ckpt.pt)")
 
 rows = []
+held = None  # text: the held-out prompts and true continuations, drawn once, for every checkpoint
 for out_dir in out_dirs.split(','):
-    torch.manual_seed(seed)  # every checkpoint sees the same prompts and val batches
+    torch.manual_seed(seed)  # every checkpoint sees the same val batches
     try:
         model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
     except (FileNotFoundError, pickle.UnpicklingError) as e:  # no checkpoint, or one that could run code
@@ -198,9 +330,14 @@ for out_dir in out_dirs.split(','):
     model.eval()
     meta, config = checkpoint['meta'], checkpoint['config']
     data_dir = dataset_dir(config['dataset'])
-    tokenizer = Tokenizer(meta)
+    try:
+        tokenizer = Tokenizer(meta)
+    except BPEUnavailableError as e:
+        raise SystemExit(str(e))
     name = f"{out_dir} ({config['objective']})"
     if meta.get('task') == 'arithmetic':
+        if mauve or json_path:
+            raise SystemExit(f"--mauve and --json_path are for text datasets, and {out_dir} is an arithmetic run")
         problems = read_problems(data_dir)
         greedy, _ = answer_questions(model, tokenizer, problems, 0, 1, allow_bkspc=False)
         sampled, (rate, fixes, n, rescued) = answer_questions(model, tokenizer, problems, temperature,
@@ -212,8 +349,17 @@ for out_dir in out_dirs.split(','):
                     f"| {d['p_right_eol']:.3f} | {d['p_bk_wrong']:.3f} | {d['p_bk_right']:.3f} "
                     f"| {d['round_trip']:.2f} | {d['r_eos']:.2f} |")
     else:
-        ce, in_train, distinct2, entropy, rate, rare = text_row(model, tokenizer, data_dir)
-        rows.append(f"| {name} | {ce:.4f} | {in_train:.3f} | {distinct2:.3f} | {entropy:.2f} | {rate:.4f} | {rare:.2f} |")
+        if prompt_len + max_new_tokens > model.config.block_size:
+            raise SystemExit(f"prompt_len + max_new_tokens = {prompt_len + max_new_tokens} is more than the block size "
+                             f"{model.config.block_size} of {out_dir}: lower --max_new_tokens or --prompt_len")
+        if held is None:
+            text_dir, held = data_dir, draw_held_out(data_dir, tokenizer.eos_id)
+            known, follows = training_text(data_dir, tokenizer)
+            rows.append(('val text (the true continuations)', None, reference_row(held, tokenizer, known)))
+        elif data_dir != text_dir:
+            raise SystemExit(f"one table compares runs of one dataset: {out_dir} was trained on {data_dir}, the "
+                             f"runs before it on {text_dir}")
+        rows.append((name, out_dir, text_row(model, tokenizer, data_dir, held, known, follows, name)))
     print(f"evaluated {out_dir}")
 
 if meta.get('task') == 'arithmetic':
@@ -224,9 +370,25 @@ if meta.get('task') == 'arithmetic':
           "| P(right), end of line | P(<bkspc> after a mistake) | P(<bkspc> after the right character) "
           "| round trip r(u,w) + gamma r(u+w,<bkspc>) | r at end of line |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print('\n'.join(rows))
 else:
-    print(f"\n{num_samples} continuations of {prompt_len}-token val prompts at temperature {temperature}\n")
-    print("| checkpoint | val cross-entropy | words in training text | distinct-2 | char 3-gram entropy (bits) "
-          "| backspace rate | backspaces that deleted a rare character |")
-    print("|---|---|---|---|---|---|---|")
-print('\n'.join(rows))
+    seeds = list(range(seed, seed + sampling_seeds))
+    print(f"\n{num_samples} continuations of {max_new_tokens} actions after {prompt_len}-token val prompts at temperature "
+          f"{temperature}, sampled with the seeds {', '.join(map(str, seeds))}: each sampled column is the mean ± the "
+          f"standard deviation over the seeds")
+    if mauve:
+        print(f"MAUVE (mauve-text {mauve_version}): featurizer {featurizer}, its final hidden state at a text's last "
+              f"token; each checkpoint's {num_samples} continuations of a seed against the true continuations, each "
+              f"cut to the generated one's length; scaling factor {mauve_scaling_factor}, k-means seeded with the "
+              f"sampling seed. First row: {num_samples} other windows of val text against the true continuations")
+    print(f"\n| checkpoint | {' | '.join(header for _, header, _ in TEXT_COLUMNS)} |")
+    print(f"|---|{'---|' * len(TEXT_COLUMNS)}")
+    for name, _, values in rows:
+        print(f"| {name} | {' | '.join(cell(values.get(key), fmt) for key, _, fmt in TEXT_COLUMNS)} |")
+    if json_path:
+        settings = dict(num_samples=num_samples, prompt_len=prompt_len, max_new_tokens=max_new_tokens,
+                        temperature=temperature, seeds=seeds, mauve=mauve, featurizer=featurizer if mauve else None,
+                        mauve_scaling_factor=mauve_scaling_factor if mauve else None)
+        with open(json_path, 'w') as f:  # NaN where a column has no value, as Python's json writes and reads it
+            json.dump({'settings': settings, 'columns': TEXT_COLUMNS, 'rows': [{'name': name, 'out_dir': out, 'values': values}
+                                                      for name, out, values in rows]}, f, indent=1)
