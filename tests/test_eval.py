@@ -1,5 +1,5 @@
 """eval.py's text evaluation: the paper's metrics (textmetrics.py) by hand, MAUVE as used here on closed cases, eval.py
-end to end on a tiny Shakespeare run."""
+and results.py end to end on tiny Shakespeare runs."""
 import json
 import math
 import os
@@ -11,7 +11,7 @@ import torch
 
 import textmetrics
 from batches import token_file, windows
-from conftest import ROOT, run
+from conftest import ROOT, TINY, run
 
 
 def test_diversity_and_ngram_entropy_by_hand():
@@ -135,3 +135,33 @@ def test_eval_stops_in_one_line_before_any_sampling(char_model, tmp_path):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(start), result.stderr
         assert 'sampling' not in result.stdout, result.stdout
+
+
+def test_results_regenerates_the_table_over_seeds(shakespeare_char, tmp_path):
+    """results.py on tiny settings, after an interruption: of its 3 arms x 2 seeds one run is finished (not trained
+    again) and one unfinished (resumed); the others and a featurizer are trained, all evaluated and tabled."""
+    train_args = [*TINY, '--max_iters=10', '--eval_interval=5', '--bc_warmup_iters=5']
+    run('train.py', 'config/shakespeare_char_mle.py', '--seed=1337', *train_args, f'--out_dir={tmp_path / "mle-1337"}')
+    run('train.py', 'config/shakespeare_seqmatch.py', '--objective=bc', '--seed=1338', *train_args,
+        f'--out_dir={tmp_path / "bc-1338"}')
+    path = tmp_path / 'bc-1338' / 'ckpt.pt'
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint['iter_num'] = 5  # as a Ctrl-C or a kill at iter 5 leaves it
+    torch.save(checkpoint, path)
+    result = run('results.py', '--seeds=2', f'--out_root={tmp_path}', f'--train_args={" ".join(train_args)}',
+                 '--eval_args=--num_samples=20 --max_new_tokens=16 --eval_iters=2 --sampling_seeds=2')
+    # 4 runs and the featurizer trained, 1 resumed
+    assert result.stdout.count('$ train.py') == 6 and result.stdout.count('--init_from=resume') == 1
+    assert result.stdout.count('is trained already') == 1 and torch.load(path, weights_only=True)['iter_num'] == 10
+    assert os.path.exists(tmp_path / 'featurizer' / 'ckpt.pt')
+    header, rows = table(result.stdout.split('the main job with 2 training seed(s)')[1])
+    assert header[:3] == ['best val loss (log)', 'training time (s)', 'val cross-entropy'] and header[-1] == 'MAUVE'
+    assert list(rows) == ['val text (the true continuations)', 'MLE', 'BC', 'SequenceMatch']
+    for arm in ('MLE', 'BC', 'SequenceMatch'):
+        assert all(' ± ' in c for c in rows[arm]), rows[arm]  # the mean ± the standard deviation over the 2 seeds
+    values = {row['out_dir']: row['values'] for row in json.loads((tmp_path / 'eval.json').read_text())['rows']}
+    ce = [values[str(tmp_path / f'mle-{seed}')]['ce'][0] for seed in (1337, 1338)]
+    assert rows['MLE'][2] == f"{sum(ce) / 2:.4f} ± {abs(ce[0] - ce[1]) / math.sqrt(2):.4f}"
+    best = [min(json.loads(line)['val_loss'] for line in open(tmp_path / f'mle-{seed}' / 'log.jsonl')
+                if 'val_loss' in line) for seed in (1337, 1338)]
+    assert rows['MLE'][0] == f"{sum(best) / 2:.4f} ± {abs(best[0] - best[1]) / math.sqrt(2):.4f}"
