@@ -266,7 +266,7 @@ def text_row(model, tokenizer, data_dir, held, known, follows, name):
         torch.manual_seed(seed + s)
         samples.append(sample_continuations(model, tokenizer, prompts, bar))
     bar.close()
-    itself = textmetrics.CheckpointFeaturizer(model, tokenizer, name)
+    itself = textmetrics.CheckpointFeaturizer(model, tokenizer)
     for s, (texts, n_actions, deletions) in enumerate(samples):
         stats = text_statistics(texts, tokenizer, known)
         stats['bkspc_rate'] = len(deletions) / max(n_actions, 1)

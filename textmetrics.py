@@ -4,8 +4,7 @@ its definition and a worked example:
   diversity and n-gram entropy:  need only the tokens (any sequences: characters of a string, token ids, words);
   perplexity and MAUVE:          need a language model that reads the texts, the featurizer: a Hugging Face causal LM
                                  (gpt2-large is MAUVE's own default) or one of this repository's checkpoints.
-The paper names these metrics without defining them in the text retrievable here, so each follows its usual source,
-named in its docstring.
+Each definition is the usual one for the metric the paper reports, with its source in the docstring.
 """
 import math
 import os
@@ -96,7 +95,7 @@ class Featurizer:
     state (after the last layer norm) at the text's last token, as mauve-text's own featurize_tokens_from_model takes
     it; and the log-likelihood of the text's tokens, each given those before it (the first token has no context and is
     not counted). A text is cut to its first max_len tokens, the model's context (mauve-text cuts at 1024 tokens).
-    Subclasses set name, max_len and device, and define encode(text) -> token ids and forward(ids, mask) -> (hidden
+    Subclasses set max_len and device, and define encode(text) -> token ids and forward(ids, mask) -> (hidden
     (B, T, C), logits (B, T, V)) for right-padded ids (B, T) with mask True on the real tokens."""
 
     @torch.no_grad()
@@ -127,8 +126,8 @@ class CheckpointFeaturizer(Featurizer):
     training. Log-likelihoods are those of its policy (the base vocabulary and <bkspc>), as eval.py's val
     cross-entropy."""
 
-    def __init__(self, model, tokenizer, name):
-        self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model.eval(), tokenizer
         self.max_len, self.device = model.config.block_size, model.lm_head.weight.device
         self.n_actions = tokenizer.bkspc_id + 1
         self.hidden = None
@@ -158,7 +157,7 @@ class HFFeaturizer(Featurizer):
                               "pip install -r requirements-extra.txt") from e
         self.tokenizer = AutoTokenizer.from_pretrained(name)
         self.model = AutoModelForCausalLM.from_pretrained(name).to(device).eval()
-        self.name, self.max_len, self.device = name, self.model.config.max_position_embeddings, device
+        self.max_len, self.device = self.model.config.max_position_embeddings, device
 
     def encode(self, text):
         return self.tokenizer(text)['input_ids']
@@ -175,7 +174,7 @@ def load_featurizer(name, device):
     OSError (BPEUnavailableError included), ImportError."""
     if name.endswith('.pt') or os.path.isfile(name):
         model, checkpoint = GPT.from_checkpoint(name, device)
-        return CheckpointFeaturizer(model, Tokenizer(checkpoint['meta']), name)
+        return CheckpointFeaturizer(model, Tokenizer(checkpoint['meta']))
     return HFFeaturizer(name, device)
 
 
