@@ -128,7 +128,7 @@ def help_settings(script):
     return {line.split(' = ')[0]: line for line in lines}
 
 
-@pytest.mark.parametrize('script', ['train.py', 'sample.py', 'eval.py', 'bench.py'])
+@pytest.mark.parametrize('script', ['train.py', 'sample.py', 'eval.py', 'results.py', 'bench.py'])
 def test_help_lists_every_setting_with_its_default_and_comment(script):
     settings = help_settings(script)
     assert len(settings) >= 3
