@@ -271,6 +271,21 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
 
+def load_pretrained(init_from, meta, dropout, block_size):
+    """A model to fine-tune on a dataset with this meta (tokenizer.py), at most block_size long: OpenAI's GPT-2
+    (init_from 'gpt2', 'gpt2-medium', ...), or the model of another run's checkpoint (init_from its path).
+    FileNotFoundError for anything else; otherwise raises what the loaders raise."""
+    if init_from.startswith('gpt2'):
+        model = GPT.from_pretrained(init_from, dict(dropout=dropout))
+        if block_size < model.config.block_size:
+            model.crop_block_size(block_size)
+        return model
+    if not os.path.exists(init_from):
+        raise FileNotFoundError(f"init_from={init_from!r} is not 'scratch', 'resume', 'gpt2*' or an existing "
+                                f"checkpoint file")
+    return GPT.from_run(init_from, meta['vocab_size'], dropout)
+
+
 def load_checkpoint(path, device='cpu'):
     """The dict that train.py saved at path. Loading runs no code the file carries: a pickle can call any
     function, so only tensors, numbers, strings, lists, tuples and dicts are read (weights_only=True), which
@@ -291,7 +306,7 @@ def save_checkpoint(checkpoint, path):
     """Write checkpoint to path atomically, as a temporary file then a rename: an interrupted save never leaves a
     broken file at path. It should hold only what load_checkpoint reads (tensors, numbers, strings, lists and
     dicts). A failed write (a full disk, no permission, a vanished folder) removes the temporary file, leaves
-    path as it was, and raises OSError(the reason, e.g. 'No space left on device')."""
+    path as it was, and raises OSError(why it failed, e.g. 'No space left on device')."""
     tmp_path = path + '.tmp'
     try:
         with open(tmp_path, 'wb') as f:  # a file, not a path: torch then reports a failed write as a
@@ -302,6 +317,15 @@ def save_checkpoint(checkpoint, path):
         with contextlib.suppress(OSError):  # a half-written file would keep the space it took
             os.remove(tmp_path)
         raise OSError(getattr(why, 'strerror', None) or str(why)) from None
+
+
+def last_saved(path, iteration):
+    """What a stopped run leaves at path, whose save of iteration was the last (None: it saved none), as a message."""
+    if iteration is None:
+        return "this run saved no checkpoint"
+    if not os.path.exists(path):  # out_dir was removed under the run
+        return f"its last checkpoint (iter {iteration}) is gone from {os.path.dirname(path)} as well"
+    return f"{path} still holds the last good checkpoint (iter {iteration})"
 
 
 def auto_device(device):

@@ -16,7 +16,6 @@ objective = 'seqmatch': bc alone for bc_warmup_iters, then sm_weight * L_SM + (1
 
 import contextlib
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -30,7 +29,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from batches import ReplayBuffer, RolloutPrompts, TrainBatches, dataset_dir, micro_batches, random_windows
-from model import GPT, GPTConfig, auto_device, load_checkpoint, save_checkpoint
+from model import GPT, GPTConfig, auto_device, last_saved, load_checkpoint, load_pretrained, save_checkpoint
 from seqmatch import attention_mask, bc_loss, chunked_soft_values, generate, mle_loss, seqmatch_loss
 from tokenizer import Tokenizer, load_meta
 
@@ -154,15 +153,12 @@ data_dir = dataset_dir(dataset)
 meta = or_exit(load_meta, data_dir)
 bkspc_id, eos_id = meta['bkspc_id'], meta['eos_id']
 n_actions = bkspc_id + 1  # base vocabulary + <bkspc>; logits above are embedding padding
-task_noise = None
-if noise == 'ground_truth':
-    assert meta.get('task') == 'arithmetic', "noise='ground_truth' exists for the arithmetic task only"
-    from data.arithmetic.noise import wrong_digit_noise  # the one dataset with noise of its own
-    task_noise = functools.partial(wrong_digit_noise, meta)
-if objective == 'seqmatch':
-    rollout_prompts = RolloutPrompts(data_dir, prompt_len, or_exit(Tokenizer, meta).encode(prompt_suffix) if prompt_suffix else ())
+assert noise == 'random' or meta.get('task') == 'arithmetic', "noise='ground_truth' exists for arithmetic only"
 train_batches = TrainBatches(data_dir, objective, batch_size, block_size, gradient_accumulation_steps, seed, ddp_rank,
-                             p_noise, bkspc_id, eos_id, task_noise)
+                             p_noise, noise, meta)
+if objective == 'seqmatch':
+    suffix = or_exit(Tokenizer, meta).encode(prompt_suffix) if prompt_suffix else []
+    rollout_prompts = RolloutPrompts(data_dir, prompt_len, suffix)
 
 def to_device(tensors):
     return [t.to(device, non_blocking=True) for t in tensors]  # asynchronous where micro_batches pinned them
@@ -186,16 +182,9 @@ elif init_from == 'resume':
     iter_num = saved_iter = checkpoint['iter_num']
     best_val_loss, elapsed_before = checkpoint['best_val_loss'], checkpoint.get('elapsed_s', 0.0)
     print_once(f"resuming training from {ckpt_path} at iter {iter_num}, {duration(elapsed_before)} elapsed before")
-elif init_from.startswith('gpt2'):
-    print_once(f"initializing from OpenAI GPT-2 weights: {init_from}")
-    model = or_exit(GPT.from_pretrained, init_from, dict(dropout=dropout))
-    if block_size < model.config.block_size:
-        model.crop_block_size(block_size)
-else:  # fine-tune another run's checkpoint, e.g. SequenceMatch on top of an MLE-pretrained model
+else:  # fine-tune: OpenAI's GPT-2, or another run's checkpoint (e.g. SequenceMatch on top of an MLE pretrain)
     print_once(f"fine-tuning the weights of {init_from}")
-    if not os.path.exists(init_from):
-        raise SystemExit(f"init_from={init_from!r} is not 'scratch', 'resume', 'gpt2*' or an existing checkpoint file")
-    model = or_exit(GPT.from_run, init_from, meta['vocab_size'], dropout)
+    model = or_exit(load_pretrained, init_from, meta, dropout, block_size)
 assert model.config.vocab_size >= n_actions, "the model has no row for <bkspc>"
 assert block_size <= model.config.block_size, f"block_size {block_size} > the model's {model.config.block_size}"
 model.to(device)
@@ -255,10 +244,9 @@ def refresh_rollouts():
 def compute_loss(batch, use_sm):
     """The loss of one micro-batch (as train_batches builds it, on the device) and a dict of stats for the log."""
     if objective == 'mle':
-        x, y = batch
         with ctx:
-            logits = model(x)
-        return mle_loss(logits[..., :n_actions], y), {}
+            logits = model(batch[0])  # x; its targets y are batch[1]
+        return mle_loss(logits[..., :n_actions], batch[1]), {}
     if use_sm:  # add rollouts from the replay buffer: one forward pass for data and model rows
         batch = [torch.cat(pair) for pair in zip(batch, to_device(replay.draw(model_batch_size)))]  # data rows first
     tokens, actions, valid, input_ids, position_ids, removed_at = batch
@@ -294,11 +282,7 @@ def any_process(*flags):
 
 def last_good():
     """What a stop leaves behind, for its message."""
-    if saved_iter is None:
-        return "this run saved no checkpoint"
-    if not os.path.exists(ckpt_path):  # out_dir was removed under the run
-        return f"its last checkpoint (iter {saved_iter}) is gone from {out_dir} as well"
-    return f"{ckpt_path} still holds the last good checkpoint (iter {saved_iter})"
+    return last_saved(ckpt_path, saved_iter)
 
 def checkpoint_now():
     """Every process calls it; the first writes ckpt_path (atomically). A failed save stops the run."""
