@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from batches import dataset_dir, random_windows
-from model import GPT, auto_device
+from model import auto_device, load_model
 from seqmatch import apply_backspaces, generate, mle_loss, soft_values
 from tokenizer import Tokenizer
 
@@ -192,8 +192,8 @@ rows = []
 for out_dir in out_dirs.split(','):
     torch.manual_seed(seed)  # every checkpoint sees the same prompts and val batches
     try:
-        model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
-    except (FileNotFoundError, pickle.UnpicklingError) as e:  # no checkpoint, or one that could run code
+        model, checkpoint = load_model(os.path.join(out_dir, 'ckpt.pt'), device)
+    except (OSError, ImportError, pickle.UnpicklingError) as e:  # no checkpoint or base model, one that could run code
         raise SystemExit(f"error: {e}")
     model.eval()
     meta, config = checkpoint['meta'], checkpoint['config']

@@ -251,15 +251,6 @@ class GPT(nn.Module):
         model.load_state_dict(state)
         return model
 
-    @classmethod
-    def from_checkpoint(cls, path, device='cpu'):
-        """A model saved by train.py, and its checkpoint's dict: 'meta' (the dataset's vocabulary, bkspc_id,
-        eos_id), 'config' (the run's settings), ... Raises what load_checkpoint raises."""
-        checkpoint = load_checkpoint(path, device)
-        model = cls(GPTConfig(**checkpoint['model_args']))
-        model.load_state_dict(checkpoint['model'])
-        return model.to(device), checkpoint
-
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # weight decay on matrices (Linear weights, embeddings), none on biases and LayerNorm gains
         params = [p for p in self.parameters() if p.requires_grad]
@@ -281,9 +272,28 @@ def load_pretrained(init_from, meta, dropout, block_size):
             model.crop_block_size(block_size)
         return model
     if not os.path.exists(init_from):
-        raise FileNotFoundError(f"init_from={init_from!r} is not 'scratch', 'resume', 'gpt2*' or an existing "
-                                f"checkpoint file")
+        raise FileNotFoundError(f"init_from={init_from!r} is not 'scratch', 'resume', 'gpt2*', 'hf:...' or an "
+                                f"existing checkpoint file")
     return GPT.from_run(init_from, meta['vocab_size'], dropout)
+
+
+def model_from_args(model_args):
+    """A new model of the kind and shape that a checkpoint's model_args describe: a GPT, or where they name a Hugging
+    Face model (hf_name), hf_model.py's, which loads that model (it needs transformers and peft, imported only here).
+    Raises what HFModel raises."""
+    if 'hf_name' in model_args:
+        from hf_model import HFConfig, HFModel
+        return HFModel(HFConfig(**model_args))
+    return GPT(GPTConfig(**model_args))
+
+
+def load_model(path, device='cpu'):
+    """A model saved by train.py, and its checkpoint's dict: 'meta' (the dataset's vocabulary, bkspc_id, eos_id),
+    'config' (the run's settings), ... Raises what load_checkpoint and model_from_args raise."""
+    checkpoint = load_checkpoint(path, device)
+    model = model_from_args(checkpoint['model_args'])
+    model.load_state_dict(checkpoint['model'])
+    return model.to(device), checkpoint
 
 
 def load_checkpoint(path, device='cpu'):

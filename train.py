@@ -29,9 +29,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from batches import ReplayBuffer, RolloutPrompts, TrainBatches, dataset_dir, micro_batches, random_windows
-from model import GPT, GPTConfig, auto_device, last_saved, load_checkpoint, load_pretrained, save_checkpoint
+from model import (GPT, GPTConfig, auto_device, last_saved, load_checkpoint, load_pretrained, model_from_args,
+                   save_checkpoint)
 from seqmatch import attention_mask, bc_loss, chunked_soft_values, generate, mle_loss, seqmatch_loss
-from tokenizer import Tokenizer, load_meta
+from tokenizer import Tokenizer, check_tokenizer, load_meta
 
 # -----------------------------------------------------------------------------
 # default config values: a small char-level SequenceMatch run
@@ -41,7 +42,7 @@ eval_interval = 250  # evaluate (and checkpoint) every this many iterations
 log_interval = 10  # print training stats every this many iterations
 eval_iters = 20  # batches per evaluation
 eval_only = False  # evaluate once and exit
-init_from = 'scratch'  # 'scratch', 'resume' (from out_dir), 'gpt2*', or the path of another run's ckpt.pt
+init_from = 'scratch'  # 'scratch', 'resume' (from out_dir), 'gpt2*', 'hf:<hub id or local dir>', or a run's ckpt.pt
 overwrite = False  # True: a new run may replace the checkpoint (and log) of an earlier run in out_dir
 # data
 dataset = 'shakespeare_char'  # a folder data/<dataset>/, or a path to one, with train.bin, val.bin, meta.pkl
@@ -53,8 +54,15 @@ num_workers = 0  # processes that build batches while the model computes; 0: eac
 n_layer = 4  # transformer blocks
 n_head = 4  # attention heads per block
 n_embd = 128  # width of the residual stream
-dropout = 0.0  # for pretraining 0 is good, for finetuning try 0.1+
+dropout = 0.0  # for pretraining 0 is good, for finetuning try 0.1+ (a Hugging Face model keeps its own)
 bias = False  # biases inside LayerNorm and Linear layers?
+# a Hugging Face model (init_from='hf:...'; needs requirements-extra.txt)
+lora_rank = 8  # LoRA adapters of this rank train with the <bkspc> rows, the rest frozen; 0 = train every weight
+lora_alpha = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank
+lora_dropout = 0.05  # dropout on the adapters' input
+lora_targets = 'all-linear'  # the layers that get adapters: every linear one but the output, or names 'q_proj,v_proj'
+attn_implementation = 'sdpa'  # 'sdpa' or 'eager', which take the backspace mask exactly (flash-attention cannot)
+gradient_checkpointing = False  # recompute each block's activations in the backward: less memory, more compute
 # AdamW optimizer
 learning_rate = 1e-3  # max learning rate
 max_iters = 2000  # total optimizer steps
@@ -139,7 +147,7 @@ def or_exit(load, *args):
     """load(*args), stopping with one line on what a user can fix: a missing file or package, an unsafe checkpoint."""
     try:
         return load(*args)
-    except (OSError, ImportError, pickle.UnpicklingError) as e:  # (a missing file or BPE is an OSError)
+    except (OSError, ImportError, ValueError, pickle.UnpicklingError) as e:  # ValueError: a model that does not fit
         raise SystemExit(str(e))
 
 def duration(seconds):
@@ -177,11 +185,18 @@ elif init_from == 'resume':
     if missing:  # an early train.py's checkpoint; later ones resume, whatever else they hold (a batch thread's state)
         raise SystemExit(f"{ckpt_path} is from an older train.py (no {', '.join(sorted(missing))}) and cannot be "
                          f"resumed; start a new run from its weights with --init_from={ckpt_path} --out_dir=...")
-    model = GPT(GPTConfig(**checkpoint['model_args']))  # the architecture is the checkpoint's
+    model = or_exit(model_from_args, checkpoint['model_args'])  # the architecture is the checkpoint's
     model.load_state_dict(checkpoint['model'])
     iter_num = saved_iter = checkpoint['iter_num']
     best_val_loss, elapsed_before = checkpoint['best_val_loss'], checkpoint.get('elapsed_s', 0.0)
     print_once(f"resuming training from {ckpt_path} at iter {iter_num}, {duration(elapsed_before)} elapsed before")
+elif init_from.startswith('hf:'):
+    print_once(f"fine-tuning {init_from[3:]}: " + (f"LoRA rank {lora_rank}" if lora_rank else "every weight"))
+    or_exit(check_tokenizer, meta, init_from[3:])  # before any weight loads
+    model = or_exit(model_from_args, dict(
+        hf_name=init_from[3:], block_size=block_size, lora_rank=lora_rank, lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout, lora_targets=lora_targets, attn_implementation=attn_implementation,
+        gradient_checkpointing=gradient_checkpointing))
 else:  # fine-tune: OpenAI's GPT-2, or another run's checkpoint (e.g. SequenceMatch on top of an MLE pretrain)
     print_once(f"fine-tuning the weights of {init_from}")
     model = or_exit(load_pretrained, init_from, meta, dropout, block_size)
