@@ -365,6 +365,75 @@ def bench_gpu():
     bench_gpu_decoding(model)
 
 
+def bench_hf(n_data=8, n_model=4, row=128, decode_rows=8, decode_prompt=64, new_tokens=128):
+    """hf_model.py on the CPU: a tiny Hugging Face Llama (4 layers of 128, a vocabulary of 2,000 words) with LoRA as
+    config/hf_lora_seqmatch.py trains it. A SequenceMatch step (n_data noisy data rows + n_model rollout rows, masked,
+    0.5 L_SM + 0.5 L_BC) of row tokens each against an MLE step on as many rows; rollouts of new_tokens after a prompt
+    of decode_prompt, with the KV cache against recomputing the whole prefix every step. Needs transformers and
+    peft."""
+    import tempfile
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from model import model_from_args
+    vocab = 2000  # words w0 .. w1999, w0 the eos; <bkspc> = 2000
+    bk, eos, prompt_len = vocab, 0, row // 2
+    block_size = max(row, decode_prompt + new_tokens)
+    with tempfile.TemporaryDirectory() as folder:  # the model and its tokenizer, loaded as a local model
+        words = Tokenizer(models.WordLevel({f'w{i}': i for i in range(vocab)}, unk_token='w0'))
+        words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        PreTrainedTokenizerFast(tokenizer_object=words, eos_token='w0').save_pretrained(folder)
+        torch.manual_seed(seed)
+        LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=block_size,
+                                     eos_token_id=eos, bos_token_id=eos)).save_pretrained(folder)
+        model = model_from_args(dict(hf_name=folder, block_size=block_size))
+    optimizer = model.configure_optimizers(0.0, 1e-4, (0.9, 0.95), 'cpu')
+    tokens, actions, valid = noisy_rows(torch.randint(1, vocab, (n_data, row)), 0.05, bk, eos)
+    model.eval()
+    prompts = torch.randint(1, vocab, (n_model, prompt_len))
+    rollouts, rollout_valid, stacks = generate(model, prompts, row - prompt_len, bk, eos_id=eos)
+    model.train()
+    masked = [torch.cat(pair) for pair in zip(backspace_inputs(tokens, bk, 1),
+                                              (stacks.input_ids, stacks.position_ids, stacks.removed_at))]
+    rows = dict(actions=torch.cat([actions, rollouts]), valid=torch.cat([valid, rollout_valid]),
+                is_data=torch.arange(n_data + n_model) < n_data)
+    rows.update(expert=rows['valid'] & rows['is_data'][:, None], done=rows['valid'] & (rows['actions'] == eos))
+    x = torch.randint(1, vocab, (n_data + n_model, row + 1))  # MLE on as many rows
+
+    def mle_step():
+        logits = model(x[:, :-1])
+        F.cross_entropy(logits[..., :bk + 1].flatten(0, 1), x[:, 1:].flatten()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def sm_step():
+        logits = model(masked[0], position_ids=masked[1], attn_mask=attention_mask(masked[2]))
+        sm_and_bc(*chunked_soft_values(logits[..., :bk + 1], rows['actions']), rows).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    mle_times, sm_times = [], []
+    for _ in range(steps):  # alternating the two, so that both see the same load on the machine
+        mle_times.append(median_time(mle_step, 1, warmup=0))
+        sm_times.append(median_time(sm_step, 1, warmup=0))
+    mle, sm = sorted(mle_times)[steps // 2], sorted(sm_times)[steps // 2]
+    print(f"(hf) tiny Llama 4L/128 with LoRA, {n_data + n_model} rows of {row} tokens: MLE step {mle * 1000:.1f} ms, "
+          f"SequenceMatch step ({n_data} data + {n_model} rollout rows) {sm * 1000:.1f} ms: {sm / mle:.2f}x "
+          f"(target <= 1.3x)")
+    model.eval()
+    prompt = torch.randint(1, vocab, (decode_rows, decode_prompt))
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        generate(model, prompt, new_tokens, bk)
+        cached = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        generate_recompute(model, prompt, new_tokens, bk)
+        recompute = time.perf_counter() - t0
+    n = decode_rows * new_tokens
+    print(f"(hf) {decode_prompt} + {new_tokens} new tokens at batch {decode_rows}: KV cache {n / cached:,.0f} tok/s, "
+          f"recompute {n / recompute:,.0f} tok/s, speed-up {recompute / cached:.1f}x (target >= 5x)")
+
+
 print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 if which in ('step', 'all'):
     bench_step(6, 6, 384, 8, 256)
@@ -377,3 +446,5 @@ if which in ('pipeline', 'all'):
     bench_sm_vs_mle()
 if which in ('gpu', 'all'):
     bench_gpu()
+if which == 'hf':
+    bench_hf()
