@@ -11,7 +11,7 @@ import torch
 
 from batches import TrainBatches
 from conftest import ROOT, TINY, checkpoint, run
-from model import GPT
+from model import load_model
 from seqmatch import attention_mask
 
 
@@ -188,7 +188,7 @@ def test_the_logged_bc_loss_is_its_definition_on_the_data_rows(shakespeare_char,
     out = tmp_path / 'run'
     run('train.py', 'config/shakespeare_seqmatch.py', f'--dataset={data}', f'--out_dir={out}', *TINY, '--max_iters=6',
         '--bc_warmup_iters=3', '--eval_interval=6', '--log_interval=1', '--learning_rate=0.0', '--min_lr=0.0')
-    model = GPT.from_checkpoint(str(out / 'ckpt.pt'))[0]
+    model = load_model(str(out / 'ckpt.pt'))[0]
     bk = meta['bkspc_id']
     batches = TrainBatches(str(data), 'seqmatch', 4, 32, 1, 1337, 0, 0.05, 'random', meta)  # TINY's rows
     logged = [r for r in map(json.loads, open(out / 'log.jsonl')) if 'bc' in r]
