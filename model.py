@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from tokenizer import check_tokenizer
+
 
 @dataclass
 class GPTConfig:
@@ -262,19 +264,26 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
 
-def load_pretrained(init_from, meta, dropout, block_size):
-    """A model to fine-tune on a dataset with this meta (tokenizer.py), at most block_size long: OpenAI's GPT-2
-    (init_from 'gpt2', 'gpt2-medium', ...), or the model of another run's checkpoint (init_from its path).
-    FileNotFoundError for anything else; otherwise raises what the loaders raise."""
+def load_pretrained(init_from, meta, config):
+    """A model to fine-tune on a dataset with this meta (tokenizer.py), with the settings of train.py's config (its
+    dropout; rows of at most block_size; for a Hugging Face model its lora_* and other settings): OpenAI's GPT-2
+    (init_from 'gpt2', 'gpt2-medium', ...), a Hugging Face causal LM ('hf:<hub id or local dir>'), or the model of
+    another run's checkpoint (its path). FileNotFoundError for anything else; otherwise raises what the loaders
+    raise, ValueError among them where the data's tokenizer is not the model's."""
     if init_from.startswith('gpt2'):
-        model = GPT.from_pretrained(init_from, dict(dropout=dropout))
-        if block_size < model.config.block_size:
-            model.crop_block_size(block_size)
+        model = GPT.from_pretrained(init_from, dict(dropout=config['dropout']))
+        if config['block_size'] < model.config.block_size:
+            model.crop_block_size(config['block_size'])
         return model
+    if init_from.startswith('hf:'):
+        check_tokenizer(meta, init_from[3:])  # before any weight loads
+        return model_from_args(dict(hf_name=init_from[3:], **{k: config[k] for k in (
+            'block_size', 'lora_rank', 'lora_alpha', 'lora_dropout', 'lora_targets', 'attn_implementation',
+            'gradient_checkpointing')}))
     if not os.path.exists(init_from):
         raise FileNotFoundError(f"init_from={init_from!r} is not 'scratch', 'resume', 'gpt2*', 'hf:...' or an "
                                 f"existing checkpoint file")
-    return GPT.from_run(init_from, meta['vocab_size'], dropout)
+    return GPT.from_run(init_from, meta['vocab_size'], config['dropout'])
 
 
 def model_from_args(model_args):

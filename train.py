@@ -32,7 +32,7 @@ from batches import ReplayBuffer, RolloutPrompts, TrainBatches, dataset_dir, mic
 from model import (GPT, GPTConfig, auto_device, last_saved, load_checkpoint, load_pretrained, model_from_args,
                    save_checkpoint)
 from seqmatch import attention_mask, bc_loss, chunked_soft_values, generate, mle_loss, seqmatch_loss
-from tokenizer import Tokenizer, check_tokenizer, load_meta
+from tokenizer import Tokenizer, load_meta
 
 # -----------------------------------------------------------------------------
 # default config values: a small char-level SequenceMatch run
@@ -115,9 +115,7 @@ ddp = int(os.environ.get('RANK', -1)) != -1  # launched by torchrun?
 device = auto_device(device)
 if ddp:
     torch.distributed.init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
-    ddp_rank = int(os.environ['RANK'])
-    ddp_local_rank = int(os.environ['LOCAL_RANK'])
-    ddp_world_size = int(os.environ['WORLD_SIZE'])
+    ddp_rank, ddp_local_rank, ddp_world_size = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
     if device.startswith('cuda'):
         device = f'cuda:{ddp_local_rank}'
         torch.cuda.set_device(device)
@@ -134,7 +132,8 @@ if dtype != 'float32' and device_type != 'cuda':
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
 ctx = contextlib.nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
-print_once(f"device {device}, dtype {dtype}, {ddp_world_size} process(es); data tokens per iteration: {tokens_per_iter:,}")
+print_once(f"device {device}, dtype {dtype}, {ddp_world_size} process(es); data tokens per iteration: "
+           f"{tokens_per_iter:,}")
 if objective == 'seqmatch' and max_iters <= bc_warmup_iters:
     print_once(f"note: SequenceMatch switches on at bc_warmup_iters={bc_warmup_iters}, and max_iters={max_iters} ends "
                f"the run before that: this run trains with BC alone")
@@ -156,7 +155,7 @@ def duration(seconds):
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
-# data: nanoGPT's uint16 memmaps, plus the ids that SequenceMatch needs
+# data: nanoGPT's token files, plus the ids that SequenceMatch needs
 data_dir = dataset_dir(dataset)
 meta = or_exit(load_meta, data_dir)
 bkspc_id, eos_id = meta['bkspc_id'], meta['eos_id']
@@ -190,16 +189,9 @@ elif init_from == 'resume':
     iter_num = saved_iter = checkpoint['iter_num']
     best_val_loss, elapsed_before = checkpoint['best_val_loss'], checkpoint.get('elapsed_s', 0.0)
     print_once(f"resuming training from {ckpt_path} at iter {iter_num}, {duration(elapsed_before)} elapsed before")
-elif init_from.startswith('hf:'):
-    print_once(f"fine-tuning {init_from[3:]}: " + (f"LoRA rank {lora_rank}" if lora_rank else "every weight"))
-    or_exit(check_tokenizer, meta, init_from[3:])  # before any weight loads
-    model = or_exit(model_from_args, dict(
-        hf_name=init_from[3:], block_size=block_size, lora_rank=lora_rank, lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout, lora_targets=lora_targets, attn_implementation=attn_implementation,
-        gradient_checkpointing=gradient_checkpointing))
-else:  # fine-tune: OpenAI's GPT-2, or another run's checkpoint (e.g. SequenceMatch on top of an MLE pretrain)
+else:  # fine-tune GPT-2, a Hugging Face model, or another run's checkpoint (e.g. SequenceMatch after MLE)
     print_once(f"fine-tuning the weights of {init_from}")
-    model = or_exit(load_pretrained, init_from, meta, dropout, block_size)
+    model = or_exit(load_pretrained, init_from, meta, config)
 assert model.config.vocab_size >= n_actions, "the model has no row for <bkspc>"
 assert block_size <= model.config.block_size, f"block_size {block_size} > the model's {model.config.block_size}"
 model.to(device)
@@ -296,8 +288,7 @@ def any_process(*flags):
     return [bool(f) for f in flags.tolist()]
 
 def last_good():
-    """What a stop leaves behind, for its message."""
-    return last_saved(ckpt_path, saved_iter)
+    return last_saved(ckpt_path, saved_iter)  # what a stop leaves behind, for its message
 
 def checkpoint_now():
     """Every process calls it; the first writes ckpt_path (atomically). A failed save stops the run."""
@@ -352,9 +343,8 @@ def on_ctrl_c(signum, frame):
     print_once(f"Ctrl-C: saving a checkpoint {when}; Ctrl-C again to stop at once, unsaved", flush=True)
 
 def eta(t):
-    """Seconds left at the average speed of the current phase (evaluations and sampling included). In the BC
-    warm-up, a SequenceMatch iteration to come counts as (batch_size + model_batch_size) / batch_size BC ones, the
-    rows it computes (its sampling comes on top)."""
+    """Seconds left at the average speed of the current phase (evaluations and sampling included); in the BC warm-up
+    a SequenceMatch iteration to come counts as (batch_size + model_batch_size) / batch_size BC ones, its rows."""
     left = max_iters - iter_num
     if objective == 'seqmatch' and iter_num <= bc_warmup_iters:  # no SequenceMatch iteration timed yet
         left += max(max_iters - bc_warmup_iters, 0) * model_batch_size / batch_size
@@ -398,8 +388,7 @@ while True:
                    f"chi2, reward_data, reward_model and bkspc rate; the val loss stays comparable")
         phase_start = (time.time(), iter_num)
         log_row({'iter': iter_num, 'event': 'seqmatch_on', 'elapsed_s': elapsed_before + phase_start[0] - t_start})
-    # refresh on schedule, and whenever the buffer is empty: a run resumed off a refresh boundary (after
-    # bc_warmup_iters was changed, say) has nothing to draw rollouts from
+    # refresh on schedule, and whenever the buffer is empty (as after a resume with a new bc_warmup_iters)
     if use_sm and ((iter_num - bc_warmup_iters) % sample_interval == 0 or len(replay) == 0):
         t_sample = time.time()
         refresh_rollouts()
@@ -419,9 +408,8 @@ while True:
 
     iter_num += 1
     if iter_num % log_interval == 0 or (ctrl_c and not ddp):
-        # the loop's one host sync, where the loss is read anyway: a loss that is not finite stops the run here,
-        # before it reaches a checkpoint (the evaluation before each save checks the weights too); under DDP the
-        # processes also agree here on a Ctrl-C, which each of them gets at another moment
+        # the loop's one host sync: a loss that is not finite stops the run before it reaches a checkpoint (the
+        # evaluation before each save checks the weights too); the processes agree here on a Ctrl-C, too
         diverged, stop = any_process(not math.isfinite(loss.item()), ctrl_c)
         if diverged:
             raise SystemExit(f"stopping: the loss is not finite ({loss.item()}) at iteration {iter_num}; {last_good()}")
@@ -435,8 +423,8 @@ while True:
                'elapsed_s': elapsed_before + t1 - t_start, 'eta_s': eta(t1)}
         rollout_time = 0.0
         log_row(row)
-        shown = {'ms_per_iter': '{:.1f} ms/iter', 'sampling_ms': 'sampling {:.1f} ms', 'data_tok_per_s': '{:,.0f} data tok/s',
-                 'bkspc_rate': 'bkspc rate {:.3f}', 'elapsed_s': '{} elapsed', 'eta_s': 'ETA {}'}
+        shown = {'ms_per_iter': '{:.1f} ms/iter', 'sampling_ms': 'sampling {:.1f} ms', 'bkspc_rate': 'bkspc rate {:.3f}',
+                 'data_tok_per_s': '{:,.0f} data tok/s', 'elapsed_s': '{} elapsed', 'eta_s': 'ETA {}'}
         print(f"iter {iter_num}: " + ', '.join(shown.get(k, k + ' {:.4f}').format(
             duration(v) if k in ('elapsed_s', 'eta_s') else v) for k, v in row.items() if k != 'iter'))
 
