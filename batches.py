@@ -8,6 +8,7 @@ process, the iteration and the micro-step), so a resumed run builds the same bat
 state saved, and worker processes can build them ahead of the model.
 """
 import functools
+import multiprocessing
 import os
 import signal
 
@@ -74,13 +75,12 @@ class TrainBatches(torch.utils.data.Dataset):
     (batch_size, block_size) CPU tensors. objective 'mle': x and y, windows of the data and their next tokens.
     'bc' and 'seqmatch': the data rows with noise (tokens, actions and valid, as seqmatch.noisy_rows returns them)
     and their masked inputs (input_ids, position_ids and removed_at, as seqmatch.backspace_inputs returns them).
-    task_noise(generator) -> noise_fn for seqmatch.add_noise, or None for random noise."""
+    noise: 'random' (uniform), or 'ground_truth' (the dataset's own: a wrong digit of the arithmetic task's base)."""
 
-    def __init__(self, data_dir, objective, batch_size, block_size, micro_steps, seed, rank, p_noise, bkspc_id,
-                 eos_id, task_noise=None):
+    def __init__(self, data_dir, objective, batch_size, block_size, micro_steps, seed, rank, p_noise, noise, meta):
         self.data_dir, self.objective, self.batch_size, self.block_size = data_dir, objective, batch_size, block_size
         self.micro_steps, self.seed, self.rank = micro_steps, seed, rank
-        self.p_noise, self.bkspc_id, self.eos_id, self.task_noise = p_noise, bkspc_id, eos_id, task_noise
+        self.p_noise, self.noise, self.meta = p_noise, noise, meta
 
     def __getitem__(self, k):
         it, micro_step = divmod(k, self.micro_steps)
@@ -90,9 +90,16 @@ class TrainBatches(torch.utils.data.Dataset):
             rows = random_windows(self.data_dir, 'train', self.batch_size, self.block_size + 1, g)
             return [rows[:, :-1], rows[:, 1:]]
         rows = random_windows(self.data_dir, 'train', self.batch_size, self.block_size, g)
-        noise_fn = self.task_noise(g) if self.task_noise else None
-        tokens, actions, valid = noisy_rows(rows, self.p_noise, self.bkspc_id, self.eos_id, noise_fn, g)
-        return [tokens, actions, valid, *backspace_inputs(tokens, self.bkspc_id, 1)]
+        noise_fn = None  # random noise
+        if self.noise == 'ground_truth':
+            from data.arithmetic.noise import wrong_digit_noise  # the one dataset with noise of its own
+            noise_fn = wrong_digit_noise(self.meta, g)
+        bkspc_id = self.meta['bkspc_id']
+        tokens, actions, valid = noisy_rows(rows, self.p_noise, bkspc_id, self.meta['eos_id'], noise_fn, g)
+        return [tokens, actions, valid, *backspace_inputs(tokens, bkspc_id, 1)]
+
+
+FORK = 'fork' if 'fork' in multiprocessing.get_all_start_methods() else None
 
 
 def ignore_ctrl_c(worker_id):
@@ -106,10 +113,12 @@ def micro_batches(train_batches, start, stop, num_workers, pin_memory):
     computes (0: each in this process when it is needed), and pinned if pin_memory, so that the copy to the GPU
     can overlap with compute."""
     # a generator of its own: a loader draws a seed from the one it is given, by default torch's global one, which
-    # the rollouts and replay draws read, and a resumed run must find it as the run left it
+    # the rollouts and replay draws read, and a resumed run must find it as the run left it. Workers are forked
+    # where the system can: a spawned worker would run the calling script (train.py) again.
     loader = torch.utils.data.DataLoader(train_batches, batch_size=None, sampler=range(start, stop),
                                          num_workers=num_workers, pin_memory=pin_memory, generator=torch.Generator(),
-                                         worker_init_fn=ignore_ctrl_c if num_workers else None)
+                                         worker_init_fn=ignore_ctrl_c if num_workers else None,
+                                         multiprocessing_context=FORK if num_workers else None)
     return iter(loader)
 
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 import textmetrics
 from batches import dataset_dir, random_windows, token_file
-from model import GPT, auto_device
+from model import auto_device, load_model
 from seqmatch import apply_backspaces, generate, mle_loss, soft_values
 from tokenizer import BPEUnavailableError, Tokenizer
 
@@ -40,7 +40,7 @@ split = 'val'  # arithmetic: 'val' to choose settings; to report, 'test' (the pa
 eval_iters = 50  # text: batches of 12 for the val cross-entropy
 num_samples = 256  # text: held-out prompts, each continued once per sampling seed
 prompt_len = 16  # text: tokens of val data that start each continuation
-max_new_tokens = 48  # text: actions sampled after each prompt, <bkspc> included (prompt_len + this <= block_size)
+max_new_tokens = 0  # text: actions sampled after each prompt, <bkspc> included; 0 = the rest of the first run's block
 sampling_seeds = 3  # text: sample with seeds seed, seed + 1, ...: each sampled column is their mean ± std
 temperature = 1.0  # sampling temperature (arithmetic also reports greedy)
 samples_per_question = 8  # arithmetic: sampled answers per question (averages out the sampling noise)
@@ -170,11 +170,11 @@ WORD = re.compile(r"[A-Za-z']+")
 GENERATE_ROWS = 64  # continuations per call of generate: bounds the KV cache's memory and paces the progress bar
 
 
-def training_text(data_dir, tokenizer):
+def training_text(data_dir, tokenizer, meta):
     """What the char-level columns need from the training text: its words, and P(next character | the one before)
     as a (bkspc_id, bkspc_id) array. (None, None) for a BPE or a large dataset, which has no such columns ('-')."""
     train = token_file(data_dir, 'train')
-    if tokenizer.gpt2 is not None or len(train) >= 2_000_000:
+    if meta['tokenizer'] != 'char' or len(train) >= 2_000_000:
         return None, None
     train = train.astype(np.int64)
     known = set(WORD.findall(tokenizer.decode(train.tolist())))
@@ -324,8 +324,8 @@ held = None  # text: the held-out prompts and true continuations, drawn once, fo
 for out_dir in out_dirs.split(','):
     torch.manual_seed(seed)  # every checkpoint sees the same val batches
     try:
-        model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
-    except (FileNotFoundError, pickle.UnpicklingError) as e:  # no checkpoint, or one that could run code
+        model, checkpoint = load_model(os.path.join(out_dir, 'ckpt.pt'), device)
+    except (OSError, ImportError, pickle.UnpicklingError) as e:  # no checkpoint or base model, one that could run code
         raise SystemExit(f"error: {e}")
     model.eval()
     meta, config = checkpoint['meta'], checkpoint['config']
@@ -349,12 +349,13 @@ for out_dir in out_dirs.split(','):
                     f"| {d['p_right_eol']:.3f} | {d['p_bk_wrong']:.3f} | {d['p_bk_right']:.3f} "
                     f"| {d['round_trip']:.2f} | {d['r_eos']:.2f} |")
     else:
-        if prompt_len + max_new_tokens > model.config.block_size:
-            raise SystemExit(f"prompt_len + max_new_tokens = {prompt_len + max_new_tokens} is more than the block size "
-                             f"{model.config.block_size} of {out_dir}: lower --max_new_tokens or --prompt_len")
+        max_new_tokens = max_new_tokens or model.config.block_size - prompt_len
+        if prompt_len + max_new_tokens > model.config.block_size or max_new_tokens <= 0:
+            raise SystemExit(f"prompt_len + max_new_tokens = {prompt_len} + {max_new_tokens} does not fit the block "
+                             f"size {model.config.block_size} of {out_dir}: lower --prompt_len or --max_new_tokens")
         if held is None:
             text_dir, held = data_dir, draw_held_out(data_dir, tokenizer.eos_id)
-            known, follows = training_text(data_dir, tokenizer)
+            known, follows = training_text(data_dir, tokenizer, meta)
             rows.append(('val text (the true continuations)', None, reference_row(held, tokenizer, known)))
         elif data_dir != text_dir:
             raise SystemExit(f"one table compares runs of one dataset: {out_dir} was trained on {data_dir}, the "

@@ -94,4 +94,4 @@ if __name__ == '__main__':
     for exercise in args.exercises:
         path, functions, _, calls = EXERCISES[exercise]
         print(f"  {', '.join(functions)} ({path}):  {grading_command(exercise)}"
-              + (f"  (it calls {' and '.join(calls)}: grade that first)" if calls else ''))
+              + (f"  (it calls {' and '.join(calls)}: grade {'those' if len(calls) > 1 else 'that'} first)" if calls else ''))

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from tokenizer import check_tokenizer
+
 
 @dataclass
 class GPTConfig:
@@ -251,15 +253,6 @@ class GPT(nn.Module):
         model.load_state_dict(state)
         return model
 
-    @classmethod
-    def from_checkpoint(cls, path, device='cpu'):
-        """A model saved by train.py, and its checkpoint's dict: 'meta' (the dataset's vocabulary, bkspc_id,
-        eos_id), 'config' (the run's settings), ... Raises what load_checkpoint raises."""
-        checkpoint = load_checkpoint(path, device)
-        model = cls(GPTConfig(**checkpoint['model_args']))
-        model.load_state_dict(checkpoint['model'])
-        return model.to(device), checkpoint
-
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # weight decay on matrices (Linear weights, embeddings), none on biases and LayerNorm gains
         params = [p for p in self.parameters() if p.requires_grad]
@@ -269,6 +262,47 @@ class GPT(nn.Module):
         ]
         fused = device_type == 'cuda'  # the fused AdamW kernel exists for CUDA only
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+
+def load_pretrained(init_from, meta, config):
+    """A model to fine-tune on a dataset with this meta (tokenizer.py), with the settings of train.py's config (its
+    dropout; rows of at most block_size; for a Hugging Face model its lora_* and other settings): OpenAI's GPT-2
+    (init_from 'gpt2', 'gpt2-medium', ...), a Hugging Face causal LM ('hf:<hub id or local dir>'), or the model of
+    another run's checkpoint (its path). FileNotFoundError for anything else; otherwise raises what the loaders
+    raise, ValueError among them where the data's tokenizer is not the model's."""
+    if init_from.startswith('gpt2'):
+        model = GPT.from_pretrained(init_from, dict(dropout=config['dropout']))
+        if config['block_size'] < model.config.block_size:
+            model.crop_block_size(config['block_size'])
+        return model
+    if init_from.startswith('hf:'):
+        check_tokenizer(meta, init_from[3:])  # before any weight loads
+        return model_from_args(dict(hf_name=init_from[3:], **{k: config[k] for k in (
+            'block_size', 'lora_rank', 'lora_alpha', 'lora_dropout', 'lora_targets', 'attn_implementation',
+            'gradient_checkpointing')}))
+    if not os.path.exists(init_from):
+        raise FileNotFoundError(f"init_from={init_from!r} is not 'scratch', 'resume', 'gpt2*', 'hf:...' or an "
+                                f"existing checkpoint file")
+    return GPT.from_run(init_from, meta['vocab_size'], config['dropout'])
+
+
+def model_from_args(model_args):
+    """A new model of the kind and shape that a checkpoint's model_args describe: a GPT, or where they name a Hugging
+    Face model (hf_name), hf_model.py's, which loads that model (it needs transformers and peft, imported only here).
+    Raises what HFModel raises."""
+    if 'hf_name' in model_args:
+        from hf_model import HFConfig, HFModel
+        return HFModel(HFConfig(**model_args))
+    return GPT(GPTConfig(**model_args))
+
+
+def load_model(path, device='cpu'):
+    """A model saved by train.py, and its checkpoint's dict: 'meta' (the dataset's vocabulary, bkspc_id, eos_id),
+    'config' (the run's settings), ... Raises what load_checkpoint and model_from_args raise."""
+    checkpoint = load_checkpoint(path, device)
+    model = model_from_args(checkpoint['model_args'])
+    model.load_state_dict(checkpoint['model'])
+    return model.to(device), checkpoint
 
 
 def load_checkpoint(path, device='cpu'):
@@ -291,7 +325,7 @@ def save_checkpoint(checkpoint, path):
     """Write checkpoint to path atomically, as a temporary file then a rename: an interrupted save never leaves a
     broken file at path. It should hold only what load_checkpoint reads (tensors, numbers, strings, lists and
     dicts). A failed write (a full disk, no permission, a vanished folder) removes the temporary file, leaves
-    path as it was, and raises OSError(the reason, e.g. 'No space left on device')."""
+    path as it was, and raises OSError(why it failed, e.g. 'No space left on device')."""
     tmp_path = path + '.tmp'
     try:
         with open(tmp_path, 'wb') as f:  # a file, not a path: torch then reports a failed write as a
@@ -302,6 +336,15 @@ def save_checkpoint(checkpoint, path):
         with contextlib.suppress(OSError):  # a half-written file would keep the space it took
             os.remove(tmp_path)
         raise OSError(getattr(why, 'strerror', None) or str(why)) from None
+
+
+def last_saved(path, iteration):
+    """What a stopped run leaves at path, whose save of iteration was the last (None: it saved none), as a message."""
+    if iteration is None:
+        return "this run saved no checkpoint"
+    if not os.path.exists(path):  # out_dir was removed under the run
+        return f"its last checkpoint (iter {iteration}) is gone from {os.path.dirname(path)} as well"
+    return f"{path} still holds the last good checkpoint (iter {iteration})"
 
 
 def auto_device(device):

@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from model import GPT, auto_device
+from model import auto_device, load_model
 from seqmatch import apply_backspaces, generate
 from tokenizer import BPEUnavailableError, Tokenizer
 
@@ -31,8 +31,8 @@ exec(open('configurator.py').read())  # overrides from the command line or a con
 device = auto_device(device)
 torch.manual_seed(seed)
 try:
-    model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
-except (FileNotFoundError, pickle.UnpicklingError) as e:  # no checkpoint, or one that could run code
+    model, checkpoint = load_model(os.path.join(out_dir, 'ckpt.pt'), device)
+except (OSError, ImportError, pickle.UnpicklingError) as e:  # no checkpoint or base model, one that could run code
     raise SystemExit(f"error: {e}")
 meta = checkpoint['meta']
 model.eval()

@@ -276,6 +276,7 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
     B, P = prompt.shape
     L = P + max_new_tokens
     assert L <= model.config.block_size, f"prompt + new tokens = {L} > block_size {model.config.block_size}"
+    assert max_new_tokens > 0, "generate at least one token"
     pad_id = eos_id if eos_id is not None else 0
     tokens = torch.full((B, L), pad_id, dtype=torch.long, device=prompt.device)  # actions, as returned
     tokens[:, :P] = prompt

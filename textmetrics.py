@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import GPT
+from model import GPT, load_model
 from tokenizer import Tokenizer
 
 
@@ -121,20 +121,21 @@ class Featurizer:
 
 
 class CheckpointFeaturizer(Featurizer):
-    """A GPT of this repository with its tokenizer (train.py's checkpoints, or the model being evaluated): its hidden
-    state is read by a forward hook on the final layer norm, so the model computes exactly what it computes in
-    training. Log-likelihoods are those of its policy (the base vocabulary and <bkspc>), as eval.py's val
-    cross-entropy."""
+    """A model of this repository with its tokenizer (a train.py checkpoint, or the model being evaluated; a GPT or
+    a Hugging Face run): its final hidden state is the input of its output layer, read by a forward pre-hook (for a
+    GPT, the output of its final layer norm), so the model computes exactly what it computes in training.
+    Log-likelihoods are those of its policy (the base vocabulary and <bkspc>), as eval.py's val cross-entropy."""
 
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.max_len, self.device = model.config.block_size, model.lm_head.weight.device
+        self.max_len, self.device = model.config.block_size, next(model.parameters()).device
         self.n_actions = tokenizer.bkspc_id + 1
         self.hidden = None
-        model.transformer.ln_f.register_forward_hook(self.keep_hidden)
+        output_layer = model.lm_head if isinstance(model, GPT) else model.lm.get_output_embeddings()  # a HF run's
+        output_layer.register_forward_pre_hook(self.keep_hidden)
 
-    def keep_hidden(self, module, inputs, output):
-        self.hidden = output
+    def keep_hidden(self, module, inputs):
+        self.hidden = inputs[0]
 
     def encode(self, text):
         return self.tokenizer.encode(text)
@@ -169,11 +170,10 @@ class HFFeaturizer(Featurizer):
 
 def load_featurizer(name, device):
     """A file or a name ending in .pt (a train.py ckpt.pt) is one of this repository's checkpoints; any other name a
-    Hugging Face causal LM.
-    Raises what GPT.from_checkpoint, Tokenizer and HFFeaturizer raise: FileNotFoundError, pickle.UnpicklingError,
-    OSError (BPEUnavailableError included), ImportError."""
+    Hugging Face causal LM. Raises what model.load_model, Tokenizer and HFFeaturizer raise: OSError
+    (FileNotFoundError, BPEUnavailableError and the hub's errors among them), ImportError, pickle.UnpicklingError."""
     if name.endswith('.pt') or os.path.isfile(name):
-        model, checkpoint = GPT.from_checkpoint(name, device)
+        model, checkpoint = load_model(name, device)
         return CheckpointFeaturizer(model, Tokenizer(checkpoint['meta']))
     return HFFeaturizer(name, device)
 

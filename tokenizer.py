@@ -2,8 +2,12 @@
 Text <-> token ids for a prepared dataset, from the meta.pkl its prepare.py wrote:
   char-level: {'tokenizer': 'char', 'stoi', 'itos', 'vocab_size', 'bkspc_id', 'eos_id'}
   GPT-2 BPE:  {'tokenizer': 'gpt2', 'vocab_size': 50304, 'bkspc_id': 50257, 'eos_id': 50256}
+  a Hugging Face model's tokenizer: {'tokenizer': 'hf:<model id or local directory>', 'tokenizer_hash', 'vocab_size',
+              'bkspc_id', 'eos_id', 'token_dtype'} (hf_meta)
 <bkspc> is always the id right after the base vocabulary.
 """
+import hashlib
+import json
 import os
 import pickle
 
@@ -24,6 +28,42 @@ def load_meta(data_dir):
         return pickle.load(f)
 
 
+BKSPC = '<bkspc>'  # the token's text in a Hugging Face tokenizer (hf_model.py's export adds it)
+
+
+def load_hf_tokenizer(name):
+    """The tokenizer of a Hugging Face model, a hub id or a local directory (AutoTokenizer). ImportError saying what
+    to install; OSError in one line if it cannot be loaded (a hub id offline and not in the hub's cache, say)."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as e:
+        raise ImportError("Hugging Face models need the optional packages transformers and peft: "
+                          "pip install -r requirements-extra.txt") from e
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except OSError as e:  # transformers' message spans lines; every line of it says something
+        raise OSError(f"cannot load the Hugging Face model {name}: {' '.join(str(e).split())}") from None
+
+
+def hf_meta(tokenizer, name):
+    """meta.pkl's entries for data in the tokenizer of the Hugging Face model name. <bkspc> is the id right after
+    the tokenizer's vocabulary, or its own id in a tokenizer that has it (an exported run's). tokenizer_hash names
+    the vocabulary without <bkspc>: a model whose tokenizer has the same one reads the data as it was written."""
+    vocab = tokenizer.get_vocab()  # {token: id}, the added tokens included
+    bkspc_id = vocab.pop(BKSPC) if BKSPC in vocab else max(vocab.values()) + 1
+    vocab_hash = hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16]
+    return {'tokenizer': f'hf:{name}', 'tokenizer_hash': vocab_hash, 'vocab_size': bkspc_id + 1, 'bkspc_id': bkspc_id,
+            'eos_id': tokenizer.eos_token_id, 'token_dtype': 'uint16' if bkspc_id < 2 ** 16 else 'uint32'}
+
+
+def check_tokenizer(meta, name):
+    """ValueError, naming both, unless the data that meta describes was prepared in the tokenizer of the Hugging Face
+    model name; raises what load_hf_tokenizer raises."""
+    if meta.get('tokenizer_hash') != hf_meta(load_hf_tokenizer(name), name)['tokenizer_hash']:
+        raise ValueError(f"the data was prepared with the tokenizer {meta['tokenizer']}, and the model {name} has "
+                         f"another one: prepare it with --tokenizer=hf:{name} (data/openwebtext/prepare.py)")
+
+
 class BPEUnavailableError(OSError):
     """GPT-2's BPE files are not in tiktoken's cache, and tiktoken could not download them."""
 
@@ -34,9 +74,11 @@ class Tokenizer:
         """BPEUnavailableError for a GPT-2 BPE dataset whose BPE files tiktoken can neither find nor download."""
         self.bkspc_id = meta['bkspc_id']
         self.eos_id = meta['eos_id']
+        self.gpt2 = self.hf = None
         if meta['tokenizer'] == 'char':
             self.stoi, self.itos = meta['stoi'], meta['itos']
-            self.gpt2 = None
+        elif meta['tokenizer'].startswith('hf:'):
+            self.hf = load_hf_tokenizer(meta['tokenizer'][3:])
         else:
             import tiktoken
             try:
@@ -49,6 +91,8 @@ class Tokenizer:
                 ) from e
 
     def encode(self, text):
+        if self.hf is not None:
+            return self.hf.encode(text, add_special_tokens=False)  # the text alone, as prepare.py writes documents
         if self.gpt2 is not None:
             return self.gpt2.encode(text, allowed_special={'<|endoftext|>'})
         unknown = sorted(set(text) - set(self.stoi))
@@ -60,6 +104,8 @@ class Tokenizer:
         """One token as text; <bkspc> is shown as ⌫."""
         if token == self.bkspc_id:
             return '⌫'
+        if self.hf is not None:
+            return self.hf.decode([token])
         if self.gpt2 is not None:
             return self.gpt2.decode([token])
         return self.itos[token]
@@ -83,6 +129,7 @@ class Tokenizer:
         return ''.join(pieces)
 
     def decode(self, tokens):
-        if self.gpt2 is not None:  # whole sequences at once: a character can span several BPE tokens
-            return self.gpt2.decode([t for t in tokens if t != self.bkspc_id])
+        bpe = self.hf if self.hf is not None else self.gpt2
+        if bpe is not None:  # whole sequences at once: a character can span several BPE tokens
+            return bpe.decode([t for t in tokens if t != self.bkspc_id])
         return ''.join(self.token_text(t) for t in tokens)

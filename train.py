@@ -16,7 +16,6 @@ objective = 'seqmatch': bc alone for bc_warmup_iters, then sm_weight * L_SM + (1
 
 import contextlib
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -30,7 +29,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from batches import ReplayBuffer, RolloutPrompts, TrainBatches, dataset_dir, micro_batches, random_windows
-from model import GPT, GPTConfig, auto_device, load_checkpoint, save_checkpoint
+from model import (GPT, GPTConfig, auto_device, last_saved, load_checkpoint, load_pretrained, model_from_args,
+                   save_checkpoint)
 from seqmatch import attention_mask, bc_loss, chunked_soft_values, generate, mle_loss, seqmatch_loss
 from tokenizer import Tokenizer, load_meta
 
@@ -42,7 +42,7 @@ eval_interval = 250  # evaluate (and checkpoint) every this many iterations
 log_interval = 10  # print training stats every this many iterations
 eval_iters = 20  # batches per evaluation
 eval_only = False  # evaluate once and exit
-init_from = 'scratch'  # 'scratch', 'resume' (from out_dir), 'gpt2*', or the path of another run's ckpt.pt
+init_from = 'scratch'  # 'scratch', 'resume' (from out_dir), 'gpt2*', 'hf:<hub id or local dir>', or a run's ckpt.pt
 overwrite = False  # True: a new run may replace the checkpoint (and log) of an earlier run in out_dir
 # data
 dataset = 'shakespeare_char'  # a folder data/<dataset>/, or a path to one, with train.bin, val.bin, meta.pkl
@@ -54,8 +54,15 @@ num_workers = 0  # processes that build batches while the model computes; 0: eac
 n_layer = 4  # transformer blocks
 n_head = 4  # attention heads per block
 n_embd = 128  # width of the residual stream
-dropout = 0.0  # for pretraining 0 is good, for finetuning try 0.1+
+dropout = 0.0  # for pretraining 0 is good, for finetuning try 0.1+ (a Hugging Face model keeps its own)
 bias = False  # biases inside LayerNorm and Linear layers?
+# a Hugging Face model (init_from='hf:...'; needs requirements-extra.txt)
+lora_rank = 8  # LoRA adapters of this rank train with the <bkspc> rows, the rest frozen; 0 = train every weight
+lora_alpha = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank
+lora_dropout = 0.05  # dropout on the adapters' input
+lora_targets = 'all-linear'  # the layers that get adapters: every linear one but the output, or names 'q_proj,v_proj'
+attn_implementation = 'sdpa'  # 'sdpa' or 'eager', which take the backspace mask exactly (flash-attention cannot)
+gradient_checkpointing = False  # recompute each block's activations in the backward: less memory, more compute
 # AdamW optimizer
 learning_rate = 1e-3  # max learning rate
 max_iters = 2000  # total optimizer steps
@@ -108,9 +115,7 @@ ddp = int(os.environ.get('RANK', -1)) != -1  # launched by torchrun?
 device = auto_device(device)
 if ddp:
     torch.distributed.init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
-    ddp_rank = int(os.environ['RANK'])
-    ddp_local_rank = int(os.environ['LOCAL_RANK'])
-    ddp_world_size = int(os.environ['WORLD_SIZE'])
+    ddp_rank, ddp_local_rank, ddp_world_size = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
     if device.startswith('cuda'):
         device = f'cuda:{ddp_local_rank}'
         torch.cuda.set_device(device)
@@ -127,7 +132,8 @@ if dtype != 'float32' and device_type != 'cuda':
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
 ctx = contextlib.nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
-print_once(f"device {device}, dtype {dtype}, {ddp_world_size} process(es); data tokens per iteration: {tokens_per_iter:,}")
+print_once(f"device {device}, dtype {dtype}, {ddp_world_size} process(es); data tokens per iteration: "
+           f"{tokens_per_iter:,}")
 if objective == 'seqmatch' and max_iters <= bc_warmup_iters:
     print_once(f"note: SequenceMatch switches on at bc_warmup_iters={bc_warmup_iters}, and max_iters={max_iters} ends "
                f"the run before that: this run trains with BC alone")
@@ -140,7 +146,7 @@ def or_exit(load, *args):
     """load(*args), stopping with one line on what a user can fix: a missing file or package, an unsafe checkpoint."""
     try:
         return load(*args)
-    except (OSError, ImportError, pickle.UnpicklingError) as e:  # (a missing file or BPE is an OSError)
+    except (OSError, ImportError, ValueError, pickle.UnpicklingError) as e:  # ValueError: a model that does not fit
         raise SystemExit(str(e))
 
 def duration(seconds):
@@ -149,20 +155,17 @@ def duration(seconds):
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
-# data: nanoGPT's uint16 memmaps, plus the ids that SequenceMatch needs
+# data: nanoGPT's token files, plus the ids that SequenceMatch needs
 data_dir = dataset_dir(dataset)
 meta = or_exit(load_meta, data_dir)
 bkspc_id, eos_id = meta['bkspc_id'], meta['eos_id']
 n_actions = bkspc_id + 1  # base vocabulary + <bkspc>; logits above are embedding padding
-task_noise = None
-if noise == 'ground_truth':
-    assert meta.get('task') == 'arithmetic', "noise='ground_truth' exists for the arithmetic task only"
-    from data.arithmetic.noise import wrong_digit_noise  # the one dataset with noise of its own
-    task_noise = functools.partial(wrong_digit_noise, meta)
-if objective == 'seqmatch':
-    rollout_prompts = RolloutPrompts(data_dir, prompt_len, or_exit(Tokenizer, meta).encode(prompt_suffix) if prompt_suffix else ())
+assert noise == 'random' or meta.get('task') == 'arithmetic', "noise='ground_truth' exists for arithmetic only"
 train_batches = TrainBatches(data_dir, objective, batch_size, block_size, gradient_accumulation_steps, seed, ddp_rank,
-                             p_noise, bkspc_id, eos_id, task_noise)
+                             p_noise, noise, meta)
+if objective == 'seqmatch':
+    suffix = or_exit(Tokenizer, meta).encode(prompt_suffix) if prompt_suffix else []
+    rollout_prompts = RolloutPrompts(data_dir, prompt_len, suffix)
 
 def to_device(tensors):
     return [t.to(device, non_blocking=True) for t in tensors]  # asynchronous where micro_batches pinned them
@@ -181,21 +184,14 @@ elif init_from == 'resume':
     if missing:  # an early train.py's checkpoint; later ones resume, whatever else they hold (a batch thread's state)
         raise SystemExit(f"{ckpt_path} is from an older train.py (no {', '.join(sorted(missing))}) and cannot be "
                          f"resumed; start a new run from its weights with --init_from={ckpt_path} --out_dir=...")
-    model = GPT(GPTConfig(**checkpoint['model_args']))  # the architecture is the checkpoint's
+    model = or_exit(model_from_args, checkpoint['model_args'])  # the architecture is the checkpoint's
     model.load_state_dict(checkpoint['model'])
     iter_num = saved_iter = checkpoint['iter_num']
     best_val_loss, elapsed_before = checkpoint['best_val_loss'], checkpoint.get('elapsed_s', 0.0)
     print_once(f"resuming training from {ckpt_path} at iter {iter_num}, {duration(elapsed_before)} elapsed before")
-elif init_from.startswith('gpt2'):
-    print_once(f"initializing from OpenAI GPT-2 weights: {init_from}")
-    model = or_exit(GPT.from_pretrained, init_from, dict(dropout=dropout))
-    if block_size < model.config.block_size:
-        model.crop_block_size(block_size)
-else:  # fine-tune another run's checkpoint, e.g. SequenceMatch on top of an MLE-pretrained model
+else:  # fine-tune GPT-2, a Hugging Face model, or another run's checkpoint (e.g. SequenceMatch after MLE)
     print_once(f"fine-tuning the weights of {init_from}")
-    if not os.path.exists(init_from):
-        raise SystemExit(f"init_from={init_from!r} is not 'scratch', 'resume', 'gpt2*' or an existing checkpoint file")
-    model = or_exit(GPT.from_run, init_from, meta['vocab_size'], dropout)
+    model = or_exit(load_pretrained, init_from, meta, config)
 assert model.config.vocab_size >= n_actions, "the model has no row for <bkspc>"
 assert block_size <= model.config.block_size, f"block_size {block_size} > the model's {model.config.block_size}"
 model.to(device)
@@ -255,10 +251,9 @@ def refresh_rollouts():
 def compute_loss(batch, use_sm):
     """The loss of one micro-batch (as train_batches builds it, on the device) and a dict of stats for the log."""
     if objective == 'mle':
-        x, y = batch
         with ctx:
-            logits = model(x)
-        return mle_loss(logits[..., :n_actions], y), {}
+            logits = model(batch[0])  # x; its targets y are batch[1]
+        return mle_loss(logits[..., :n_actions], batch[1]), {}
     if use_sm:  # add rollouts from the replay buffer: one forward pass for data and model rows
         batch = [torch.cat(pair) for pair in zip(batch, to_device(replay.draw(model_batch_size)))]  # data rows first
     tokens, actions, valid, input_ids, position_ids, removed_at = batch
@@ -293,12 +288,7 @@ def any_process(*flags):
     return [bool(f) for f in flags.tolist()]
 
 def last_good():
-    """What a stop leaves behind, for its message."""
-    if saved_iter is None:
-        return "this run saved no checkpoint"
-    if not os.path.exists(ckpt_path):  # out_dir was removed under the run
-        return f"its last checkpoint (iter {saved_iter}) is gone from {out_dir} as well"
-    return f"{ckpt_path} still holds the last good checkpoint (iter {saved_iter})"
+    return last_saved(ckpt_path, saved_iter)  # what a stop leaves behind, for its message
 
 def checkpoint_now():
     """Every process calls it; the first writes ckpt_path (atomically). A failed save stops the run."""
@@ -353,9 +343,8 @@ def on_ctrl_c(signum, frame):
     print_once(f"Ctrl-C: saving a checkpoint {when}; Ctrl-C again to stop at once, unsaved", flush=True)
 
 def eta(t):
-    """Seconds left at the average speed of the current phase (evaluations and sampling included). In the BC
-    warm-up, a SequenceMatch iteration to come counts as (batch_size + model_batch_size) / batch_size BC ones, the
-    rows it computes (its sampling comes on top)."""
+    """Seconds left at the average speed of the current phase (evaluations and sampling included); in the BC warm-up
+    a SequenceMatch iteration to come counts as (batch_size + model_batch_size) / batch_size BC ones, its rows."""
     left = max_iters - iter_num
     if objective == 'seqmatch' and iter_num <= bc_warmup_iters:  # no SequenceMatch iteration timed yet
         left += max(max_iters - bc_warmup_iters, 0) * model_batch_size / batch_size
@@ -399,8 +388,7 @@ while True:
                    f"chi2, reward_data, reward_model and bkspc rate; the val loss stays comparable")
         phase_start = (time.time(), iter_num)
         log_row({'iter': iter_num, 'event': 'seqmatch_on', 'elapsed_s': elapsed_before + phase_start[0] - t_start})
-    # refresh on schedule, and whenever the buffer is empty: a run resumed off a refresh boundary (after
-    # bc_warmup_iters was changed, say) has nothing to draw rollouts from
+    # refresh on schedule, and whenever the buffer is empty (as after a resume with a new bc_warmup_iters)
     if use_sm and ((iter_num - bc_warmup_iters) % sample_interval == 0 or len(replay) == 0):
         t_sample = time.time()
         refresh_rollouts()
@@ -420,9 +408,8 @@ while True:
 
     iter_num += 1
     if iter_num % log_interval == 0 or (ctrl_c and not ddp):
-        # the loop's one host sync, where the loss is read anyway: a loss that is not finite stops the run here,
-        # before it reaches a checkpoint (the evaluation before each save checks the weights too); under DDP the
-        # processes also agree here on a Ctrl-C, which each of them gets at another moment
+        # the loop's one host sync: a loss that is not finite stops the run before it reaches a checkpoint (the
+        # evaluation before each save checks the weights too); the processes agree here on a Ctrl-C, too
         diverged, stop = any_process(not math.isfinite(loss.item()), ctrl_c)
         if diverged:
             raise SystemExit(f"stopping: the loss is not finite ({loss.item()}) at iteration {iter_num}; {last_good()}")
@@ -436,8 +423,8 @@ while True:
                'elapsed_s': elapsed_before + t1 - t_start, 'eta_s': eta(t1)}
         rollout_time = 0.0
         log_row(row)
-        shown = {'ms_per_iter': '{:.1f} ms/iter', 'sampling_ms': 'sampling {:.1f} ms', 'data_tok_per_s': '{:,.0f} data tok/s',
-                 'bkspc_rate': 'bkspc rate {:.3f}', 'elapsed_s': '{} elapsed', 'eta_s': 'ETA {}'}
+        shown = {'ms_per_iter': '{:.1f} ms/iter', 'sampling_ms': 'sampling {:.1f} ms', 'bkspc_rate': 'bkspc rate {:.3f}',
+                 'data_tok_per_s': '{:,.0f} data tok/s', 'elapsed_s': '{} elapsed', 'eta_s': 'ETA {}'}
         print(f"iter {iter_num}: " + ', '.join(shown.get(k, k + ' {:.4f}').format(
             duration(v) if k in ('elapsed_s', 'eta_s') else v) for k, v in row.items() if k != 'iter'))
 

@@ -8,7 +8,7 @@
 # out_dir and init_from stay on the command line: a config file cannot tell which config it follows, and an
 # init_from set here would turn the pretrain into a fine-tune. Without them a 10M arm would fine-tune the
 # 0.8M pretrain in out-arithmetic-pretrain (train.py prints which checkpoint it fine-tunes).
-# Cost: on one NVIDIA H200 (bf16) the pretrain took 90 s and each fine-tune 30-70 s (measured by an earlier session).
+# Cost: on one NVIDIA H200 (bf16) the pretrain took 90 s and each fine-tune 30-70 s.
 # On one core of the 2-core development CPU (fp32) an iteration took 3.2 s in the pretrain and in BC, and 7.1 s in
 # SequenceMatch once switched on (rollouts included), about 40x the 0.8M recipe's 80 and 175 ms measured the same way:
 # extrapolated (not run to the end), some 5 hours for the pretrain and 10 for a seed's four runs (pretrain, MLE,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, checkpoint, run
-from model import GPT, load_checkpoint
+from model import load_checkpoint, load_model
 
 
 class Payload:
@@ -29,7 +29,7 @@ def test_a_checkpoint_that_carries_code_is_refused(shakespeare_char, tmp_path):
     torch.load(path, weights_only=False)  # the payload is live: an unguarded load runs it
     assert marker.exists()
     marker.unlink()
-    for load in (load_checkpoint, GPT.from_checkpoint):
+    for load in (load_checkpoint, load_model):
         with pytest.raises(pickle.UnpicklingError) as refused:
             load(path)
         message = str(refused.value)

@@ -129,7 +129,7 @@ def test_eval_stops_in_one_line_before_any_sampling(char_model, tmp_path):
     sampled."""
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HOME=str(tmp_path / 'empty_hf_home'))
     for args, start in ((['--mauve=True'], '--featurizer=gpt2-large cannot be loaded'),
-                        (['--max_new_tokens=64'], 'prompt_len + max_new_tokens = 80 is more than the block size 64')):
+                        (['--max_new_tokens=64'], 'prompt_len + max_new_tokens = 16 + 64 does not fit the block size 64')):
         result = subprocess.run([sys.executable, 'eval.py', f'--out_dirs={char_model}', *args], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode != 0

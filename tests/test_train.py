@@ -3,11 +3,16 @@ import ast
 import json
 import math
 import os
+import pickle
+import shutil
 
 import pytest
 import torch
 
+from batches import TrainBatches
 from conftest import ROOT, TINY, checkpoint, run
+from model import load_model
+from seqmatch import attention_mask
 
 
 @pytest.mark.parametrize('objective', ['mle', 'bc', 'seqmatch'])
@@ -166,3 +171,38 @@ def test_data_only_sequencematch_trains_past_the_switch_on(shakespeare_char, tmp
     assert [r['iter'] for r in trained] == [5, 10]
     assert all(math.isfinite(r['loss']) and math.isfinite(r['reward_data']) for r in trained), trained
     assert checkpoint(tmp_path)['iter_num'] == 10
+
+
+def test_the_logged_bc_loss_is_its_definition_on_the_data_rows(shakespeare_char, tmp_path):
+    """The BC term train.py logs, against its definition on the same micro-batches: the cross-entropy of the
+    expert's actions on the data rows (not the rollouts drawn into the batch after the switch-on), under the policy,
+    the softmax over the action space (not over the padding ids above <bkspc>: this vocabulary has 14 of them).
+    learning_rate=0 keeps the weights those of the checkpoint."""
+    data = tmp_path / 'padded'
+    shutil.copytree(os.path.join(ROOT, 'data', shakespeare_char), data, ignore=shutil.ignore_patterns('*.py', '*.txt'))
+    with open(data / 'meta.pkl', 'rb') as f:
+        meta = pickle.load(f)
+    meta['vocab_size'] = meta['bkspc_id'] + 1 + 14
+    with open(data / 'meta.pkl', 'wb') as f:
+        pickle.dump(meta, f)
+    out = tmp_path / 'run'
+    run('train.py', 'config/shakespeare_seqmatch.py', f'--dataset={data}', f'--out_dir={out}', *TINY, '--max_iters=6',
+        '--bc_warmup_iters=3', '--eval_interval=6', '--log_interval=1', '--learning_rate=0.0', '--min_lr=0.0')
+    model = load_model(str(out / 'ckpt.pt'))[0]
+    bk = meta['bkspc_id']
+    batches = TrainBatches(str(data), 'seqmatch', 4, 32, 1, 1337, 0, 0.05, 'random', meta)  # TINY's rows
+    logged = [r for r in map(json.loads, open(out / 'log.jsonl')) if 'bc' in r]
+    assert [r['iter'] for r in logged] == [1, 2, 3, 4, 5, 6] and 'reward_model' in logged[-1]
+    for r in logged:
+        tokens, actions, valid, input_ids, position_ids, removed_at = batches[r['iter'] - 1]  # its data rows
+        with torch.no_grad():
+            logits = model(input_ids, position_ids=position_ids, attn_mask=attention_mask(removed_at)).double()
+        def cross_entropy(log_probs):  # of the expert's action into each position j >= 1, on the valid ones
+            return -log_probs[:, :-1].gather(-1, actions[:, 1:, None])[..., 0][valid[:, 1:]].mean().item()
+        want = cross_entropy(logits[..., :bk + 1].log_softmax(-1))
+        padded = cross_entropy(logits.log_softmax(-1))
+        hint = ("that is the softmax over the padding ids too: read the logits of the action space, "
+                "logits[..., :bkspc_id + 1]" if abs(r['bc'] - padded) < 1e-4 else
+                "count the expert transitions only: the rollout rows in the batch (after the switch-on) are not")
+        assert abs(r['bc'] - want) < 1e-4, (f"iter {r['iter']}: train.py logged bc {r['bc']:.6f}, but the cross-entropy "
+                                            f"of the expert's actions on the data rows is {want:.6f}: {hint}")

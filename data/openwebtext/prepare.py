@@ -1,36 +1,57 @@
 """
 OpenWebText with the GPT-2 BPE, as in nanoGPT: every document ends with <|endoftext|> (50256), the
 end-of-sequence token of rollouts. Writes train.bin, val.bin (uint16) and meta.pkl.
+With --tokenizer=hf:<model id or local directory>, in that Hugging Face model's tokenizer instead, each document
+ending with its eos token, for train.py's init_from='hf:...' (uint32 ids for a vocabulary of more than 65,536).
 
 The real corpus (~8M documents, ~9B tokens, ~17 GB train.bin; needs `pip install datasets` and an hour):
 $ python data/openwebtext/prepare.py
 Any local text file the same way, documents separated by blank lines (e.g. a small sample):
-$ python data/openwebtext/prepare.py --input=FILE [--out_dir=DIR]
+$ python data/openwebtext/prepare.py --input=FILE [--out_dir=DIR] [--tokenizer=hf:HuggingFaceTB/SmolLM2-135M]
 """
 import argparse
 import os
 import pickle
+import sys
 
 import numpy as np
 import tiktoken
 from tqdm import tqdm
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
+from tokenizer import hf_meta, load_hf_tokenizer  # noqa: E402
+
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument('--input', help='a local text file to prepare instead of the HuggingFace dataset')
 parser.add_argument('--out_dir', default=os.path.dirname(os.path.abspath(__file__)), help='where the files go')
 parser.add_argument('--num_proc', type=int, default=8, help='worker processes for the HuggingFace path')
+parser.add_argument('--tokenizer', default='gpt2',
+                    help="'gpt2' (GPT-2's BPE), or 'hf:<model id or local directory>': that model's tokenizer")
 args = parser.parse_args()
 
-try:
-    enc = tiktoken.get_encoding('gpt2')  # downloads GPT-2's BPE files into tiktoken's cache on first use
-except OSError as e:
-    raise SystemExit(f"tiktoken could not download GPT-2's BPE files ({type(e).__name__}).\n"
-                     f"Offline? Set TIKTOKEN_CACHE_DIR to a copy of a tiktoken cache that holds them (on a machine "
-                     f"online, TIKTOKEN_CACHE_DIR=DIR python -c \"import tiktoken; tiktoken.get_encoding('gpt2')\" fills DIR)")
+if args.tokenizer.startswith('hf:'):
+    try:
+        hf = load_hf_tokenizer(args.tokenizer[3:])
+    except (OSError, ImportError) as e:
+        raise SystemExit(str(e))
+    meta = hf_meta(hf, args.tokenizer[3:])
+    encode, eos_id = (lambda text: hf.encode(text, add_special_tokens=False)), meta['eos_id']
+elif args.tokenizer == 'gpt2':
+    try:
+        enc = tiktoken.get_encoding('gpt2')  # downloads GPT-2's BPE files into tiktoken's cache on first use
+    except OSError as e:
+        raise SystemExit(f"tiktoken could not download GPT-2's BPE files ({type(e).__name__}).\n"
+                         f"Offline? Set TIKTOKEN_CACHE_DIR to a copy of a tiktoken cache that holds them (on a machine "
+                         f"online, TIKTOKEN_CACHE_DIR=DIR python -c \"import tiktoken; tiktoken.get_encoding('gpt2')\" fills DIR)")
+    meta = {'tokenizer': 'gpt2', 'vocab_size': 50304, 'bkspc_id': enc.n_vocab, 'eos_id': enc.eot_token}
+    encode, eos_id = enc.encode_ordinary, enc.eot_token
+else:
+    raise SystemExit(f"--tokenizer={args.tokenizer}: expected 'gpt2' or 'hf:<model id or local directory>'")
+token_dtype = np.dtype(meta.get('token_dtype', 'uint16'))
 
 
 def tokenize(text):
-    return enc.encode_ordinary(text) + [enc.eot_token]  # <|endoftext|> ends every document
+    return encode(text) + [eos_id]  # the end-of-sequence token ends every document
 
 
 def write(split, ids):
@@ -39,7 +60,7 @@ def write(split, ids):
     with open(path + '.tmp', 'wb') as f:
         n = 0
         for doc in ids:
-            np.array(doc, dtype=np.uint16).tofile(f)
+            np.array(doc, dtype=token_dtype).tofile(f)
             n += len(doc)
     os.replace(path + '.tmp', path)
     print(f"{split} has {n:,} tokens")
@@ -71,6 +92,5 @@ else:
     for name, dset in tokenized.items():
         write(name, (ex['ids'] for ex in tqdm(dset, desc=f'writing {name}')))
 
-meta = {'tokenizer': 'gpt2', 'vocab_size': 50304, 'bkspc_id': enc.n_vocab, 'eos_id': enc.eot_token}
 with open(os.path.join(args.out_dir, 'meta.pkl'), 'wb') as f:
     pickle.dump(meta, f)

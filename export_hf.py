@@ -1,0 +1,29 @@
+"""
+Export a run that fine-tuned a Hugging Face model (train.py's init_from='hf:...') as a Hugging Face model directory:
+the weights with the LoRA adapters and the <bkspc> rows merged in, and the tokenizer with <bkspc> (the id right after
+the base vocabulary, as in training), so that AutoModelForCausalLM.from_pretrained(DIR) loads it anywhere.
+$ python export_hf.py --out_dir=out-hf-lora-seqmatch --to=smollm2-seqmatch
+"""
+import os
+import pickle
+
+from model import load_model
+
+# -----------------------------------------------------------------------------
+out_dir = 'out-hf-lora-seqmatch'  # the run to export (its ckpt.pt)
+to = ''  # the directory to write, new or empty
+# -----------------------------------------------------------------------------
+exec(open('configurator.py').read())  # overrides from the command line or a config file
+
+if not to:
+    raise SystemExit("say where the model goes: --to=DIR")
+if os.path.exists(to) and os.listdir(to):
+    raise SystemExit(f"{to} is not empty; nothing was written: export to a new or empty directory")
+try:
+    model, checkpoint = load_model(os.path.join(out_dir, 'ckpt.pt'))
+except (OSError, ImportError, pickle.UnpicklingError) as e:  # no checkpoint or base model, one that could run code
+    raise SystemExit(f"error: {e}")
+if 'hf_name' not in checkpoint['model_args']:
+    raise SystemExit(f"{out_dir} trained model.py's GPT, not a Hugging Face model: there is nothing to export")
+model.export(to)
+print(f"exported {out_dir} (fine-tuned from {model.config.hf_name}) to {to}")
