@@ -56,13 +56,25 @@ def median_time(fn, n, warmup=3):
     return sorted(times)[len(times) // 2]
 
 
-def time_steps(model, optimizer, inputs, n):
-    """Median seconds of forward + backward + optimizer step."""
+def alternated_medians(fns, n):
+    """Median seconds of each of fns, {name: fn}, over n calls after 3 warm-up ones, the calls alternated so that the
+    machine's drift falls on all of them alike."""
+    times = {name: [] for name in fns}
+    for i in range(n + 3):
+        for name, fn in fns.items():
+            t = median_time(fn, 1, warmup=0)
+            if i >= 3:
+                times[name].append(t)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def training_step(model, optimizer, inputs):
+    """A training step (forward + backward + AdamW) on the model's inputs, a dict of its keyword arguments."""
     def step():
         model(**inputs).float().logsumexp(-1).mean().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return median_time(step, n)
+    return step
 
 
 def masked_inputs(tokens, bkspc_id, n_prompt):
@@ -76,8 +88,9 @@ def bench_step(n_layer, n_head, n_embd, batch_size, block_size):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     data = torch.randint(0, VOCAB, (batch_size, block_size))
     noisy = torch.stack([add_noise(row, 0.1, BK)[0][:block_size] for row in data])  # (B, T)
-    causal = time_steps(model, optimizer, dict(idx=data), steps)
-    masked = time_steps(model, optimizer, masked_inputs(noisy, BK, 1), steps)
+    t = alternated_medians({'causal': training_step(model, optimizer, dict(idx=data)),
+                            'masked': training_step(model, optimizer, masked_inputs(noisy, BK, 1))}, steps)
+    causal, masked = t['causal'], t['masked']
     print(f"(a) {n_layer}L/{n_embd} batch {batch_size}x{block_size}: causal {causal * 1000:.0f} ms, "
           f"backspace-masked {masked * 1000:.0f} ms, ratio {masked / causal:.2f}x (target <= 1.1x)")
 
@@ -132,13 +145,16 @@ def bench_pipeline(batch_size=8, block_size=1024, p_noise=0.02):
         train_batches = TrainBatches(data_dir, 'seqmatch', batch_size, block_size, 1, seed, 0, p_noise, 'random',
                                      {'bkspc_id': GPT2_BK, 'eos_id': GPT2_EOS})
         items = iter(range(10 ** 6))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as in a DataLoader worker
         build = median_time(lambda: train_batches[next(items)], steps)
         tokens = train_batches[0][0]
         stack_rule = median_time(lambda: backspace_inputs(tokens, GPT2_BK, 1), steps)
+        torch.set_num_threads(threads)
         rates = {w: worker_rate(train_batches, w, max(steps, 10)) for w in (1, 2)}
     need = 2 * 1000 / GPU_STEP_MS  # micro-batches a second: twice what one GPU step per micro-batch takes
-    print(f"(c) micro-batch {batch_size}x{block_size}, p_noise {p_noise}: built in the training process in "
-          f"{build * 1000:.1f} ms (the stack rule {stack_rule * 1000:.1f} ms of it); DataLoader workers: 1 builds "
+    print(f"(c) micro-batch {batch_size}x{block_size}, p_noise {p_noise}: built on one thread in {build * 1000:.1f} ms "
+          f"(the stack rule {stack_rule * 1000:.1f} ms of it); DataLoader workers: 1 builds "
           f"{rates[1]:.1f}/s, 2 build {rates[2]:.1f}/s ({rates[2] / rates[1]:.2f}x, target >= 1.7x on 2 cores)")
     print(f"(c) a GPU step of {GPU_STEP_MS:.0f} ms (GPT-2 124M, 8 x 1024 tokens, one NVIDIA H200) takes "
           f"{1000 / GPU_STEP_MS:.1f} micro-batches/s; twice that, {need:.1f}/s, needs {math.ceil(need * build):d} "
@@ -179,11 +195,8 @@ def bench_sm_vs_mle(batch_size=12, model_batch_size=6, block_size=64, prompt_len
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    mle_times, sm_times = [], []
-    for _ in range(steps):  # alternating the two
-        mle_times.append(median_time(mle_step, 1, warmup=0))
-        sm_times.append(median_time(sm_step, 1, warmup=0))
-    mle, sm = sorted(mle_times)[steps // 2], sorted(sm_times)[steps // 2]
+    t = alternated_medians({'mle': mle_step, 'sm': sm_step}, steps)
+    mle, sm = t['mle'], t['sm']
     sm_rows = batch_size + model_batch_size
     print(f"(c) 4L/128, {block_size} tokens a row: MLE step {mle * 1000:.1f} ms for {batch_size} rows, "
           f"SequenceMatch step {sm * 1000:.1f} ms for {batch_size} + {model_batch_size} rows: per row "

@@ -368,8 +368,11 @@ class SoftValues(torch.autograd.Function):
         grad = torch.empty(B * n, A, dtype=logits.dtype, device=logits.device)
         for s in range(0, B * n, ctx.chunk_rows):
             chunk = slice(s, s + ctx.chunk_rows)
-            softmax = (rows[chunk].float() - V[chunk, None]).exp_()  # (chunk, A) float32, a new tensor: dV/dlogits
-            grad[chunk] = softmax.mul_(dV[chunk, None])  # the V part of the gradient, in the logits' dtype
+            # the V part: softmax(logits) * dV, with softmax = exp(logits - V), in float32
+            if grad.dtype == torch.float32:  # computed in grad's own rows, a pass less than through a temporary
+                torch.sub(rows[chunk], V[chunk, None], out=grad[chunk]).exp_().mul_(dV[chunk, None])
+            else:  # in a float32 temporary, cast into grad's rows (bf16 logits under autocast)
+                grad[chunk] = (rows[chunk].float() - V[chunk, None]).exp_().mul_(dV[chunk, None])
         grad = grad.view(B, n, A)
         # the Q part: dQ[:, j] lands on logits[:, j-1, actions[:, j]], the one logit that Q[:, j] is
         grad[:, :-1].scatter_add_(-1, actions[:, 1:, None], dQ[:, 1:, None].to(grad.dtype))

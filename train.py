@@ -49,7 +49,7 @@ dataset = 'shakespeare_char'  # a folder data/<dataset>/, or a path to one, with
 gradient_accumulation_steps = 1  # micro-batches per optimizer step (per process under DDP)
 batch_size = 12  # data rows per micro-batch
 block_size = 64  # tokens per row
-num_workers = 0  # processes that build batches while the model computes; 0: each is built when needed
+num_workers = 0  # processes that build batches ahead of the model (a GPU's host: 4+); 0: each when needed (a CPU)
 # model
 n_layer = 4  # transformer blocks
 n_head = 4  # attention heads per block
