@@ -29,8 +29,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from batches import ReplayBuffer, RolloutPrompts, TrainBatches, dataset_dir, micro_batches, random_windows
-from model import (GPT, GPTConfig, auto_device, last_saved, load_checkpoint, load_pretrained, model_from_args,
-                   save_checkpoint)
+from model import auto_device, last_saved, load_checkpoint, load_pretrained, model_from_args, save_checkpoint
 from seqmatch import attention_mask, bc_loss, chunked_soft_values, generate, mle_loss, seqmatch_loss
 from tokenizer import Tokenizer, load_meta
 
@@ -176,8 +175,8 @@ saved_iter = checkpoint = None  # saved_iter: the iteration that ckpt_path holds
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 if init_from == 'scratch':
     print_once("initializing a new model from scratch")
-    model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                          vocab_size=meta['vocab_size'], dropout=dropout))
+    model = model_from_args(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
+                                 vocab_size=meta['vocab_size'], dropout=dropout))
 elif init_from == 'resume':
     checkpoint = or_exit(load_checkpoint, ckpt_path)
     missing = {'model', 'optimizer', 'scaler', 'model_args', 'iter_num', 'best_val_loss', 'processes'} - set(checkpoint)
@@ -343,11 +342,11 @@ def on_ctrl_c(signum, frame):
     print_once(f"Ctrl-C: saving a checkpoint {when}; Ctrl-C again to stop at once, unsaved", flush=True)
 
 def eta(t):
-    """Seconds left at the average speed of the current phase (evaluations and sampling included); in the BC warm-up
-    a SequenceMatch iteration to come counts as (batch_size + model_batch_size) / batch_size BC ones, its rows."""
+    """Seconds left at the average speed of the current phase (evaluations and sampling included); in the BC warm-up a
+    SequenceMatch iteration counts as 1.8 BC ones, as bench.py measures at the main job's sizes (the main job, too)."""
     left = max_iters - iter_num
-    if objective == 'seqmatch' and iter_num <= bc_warmup_iters:  # no SequenceMatch iteration timed yet
-        left += max(max_iters - bc_warmup_iters, 0) * model_batch_size / batch_size
+    if objective == 'seqmatch' and iter_num <= bc_warmup_iters:
+        left += max(max_iters - bc_warmup_iters, 0) * (1.8 - 1)
     return (t - phase_start[0]) / max(iter_num - phase_start[1], 1) * left
 
 # training loop
@@ -423,8 +422,8 @@ while True:
                'elapsed_s': elapsed_before + t1 - t_start, 'eta_s': eta(t1)}
         rollout_time = 0.0
         log_row(row)
-        shown = {'ms_per_iter': '{:.1f} ms/iter', 'sampling_ms': 'sampling {:.1f} ms', 'bkspc_rate': 'bkspc rate {:.3f}',
-                 'data_tok_per_s': '{:,.0f} data tok/s', 'elapsed_s': '{} elapsed', 'eta_s': 'ETA {}'}
+        shown = {'ms_per_iter': '{:.1f} ms/iter', 'sampling_ms': 'sampling {:.1f} ms', 'elapsed_s': '{} elapsed',
+                 'data_tok_per_s': '{:,.0f} data tok/s', 'bkspc_rate': 'bkspc rate {:.3f}', 'eta_s': 'ETA {}'}
         print(f"iter {iter_num}: " + ', '.join(shown.get(k, k + ' {:.4f}').format(
             duration(v) if k in ('elapsed_s', 'eta_s') else v) for k, v in row.items() if k != 'iter'))
 
