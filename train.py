@@ -137,9 +137,8 @@ if objective == 'seqmatch' and max_iters <= bc_warmup_iters:
     print_once(f"note: SequenceMatch switches on at bc_warmup_iters={bc_warmup_iters}, and max_iters={max_iters} ends "
                f"the run before that: this run trains with BC alone")
 torch.manual_seed(seed + ddp_rank)  # each process its own rollouts, replay draws, dropout and evaluation batches
-if device_type == 'cuda':
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul (a flag: harmless without CUDA)
+torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
 
 def or_exit(load, *args):
     """load(*args), stopping with one line on what a user can fix: a missing file or package, an unsafe checkpoint."""
