@@ -3,9 +3,9 @@ The rows that train.py and eval.py read: windows of a prepared dataset's token f
 data, and the replay buffer of the model's own rollouts that SequenceMatch trains on next to them.
 
 A prepared dataset is a folder with train.bin and val.bin (token ids, uint16 as in nanoGPT, or uint32 where meta.pkl
-says so) and meta.pkl (see tokenizer.py), written by one of the data/*/prepare.py. A micro-batch is a function of its index (the seed, the
-process, the iteration and the micro-step), so a resumed run builds the same batches again with no generator
-state saved, and worker processes can build them ahead of the model.
+says so) and meta.pkl (see tokenizer.py), written by one of the data/*/prepare.py. A micro-batch is a function of its
+index (the seed, the process, the iteration and the micro-step), so a resumed run builds the same batches again with
+no generator state saved, and worker processes can build them ahead of the model.
 """
 import functools
 import multiprocessing

@@ -108,18 +108,20 @@ def generate_recompute(model, prompt, max_new_tokens, bkspc_id):
     return tokens
 
 
+@torch.no_grad()
+def decoding_rates(model, prompt, new_tokens, bkspc_id):
+    """New tokens per second of rollouts after prompt, with the KV cache (generate) and recomputing the prefix."""
+    n = prompt.size(0) * new_tokens
+    cached = median_time(lambda: generate(model, prompt, new_tokens, bkspc_id), 1, warmup=0)
+    recompute = median_time(lambda: generate_recompute(model, prompt, new_tokens, bkspc_id), 1, warmup=0)
+    return n / cached, n / recompute
+
+
 def bench_rollout(batch_size, new_tokens=255):
     model = make_model(6, 6, 384, 256).eval()
-    prompt = torch.randint(0, VOCAB, (batch_size, 1))
-    t0 = time.perf_counter()
-    generate(model, prompt, new_tokens, BK)
-    cached = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    generate_recompute(model, prompt, new_tokens, BK)
-    recompute = time.perf_counter() - t0
-    n = batch_size * new_tokens
-    print(f"(b) 6L/384, {new_tokens} new tokens at batch {batch_size}: KV cache {n / cached:,.0f} tok/s, "
-          f"recompute {n / recompute:,.0f} tok/s, speed-up {recompute / cached:.1f}x")
+    cached, recompute = decoding_rates(model, torch.randint(0, VOCAB, (batch_size, 1)), new_tokens, BK)
+    print(f"(b) 6L/384, {new_tokens} new tokens at batch {batch_size}: KV cache {cached:,.0f} tok/s, "
+          f"recompute {recompute:,.0f} tok/s, speed-up {cached / recompute:.1f}x")
 
 
 def worker_rate(train_batches, num_workers, n):
@@ -425,26 +427,15 @@ def bench_hf(n_data=8, n_model=4, row=128, decode_rows=8, decode_prompt=64, new_
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    mle_times, sm_times = [], []
-    for _ in range(steps):  # alternating the two, so that both see the same load on the machine
-        mle_times.append(median_time(mle_step, 1, warmup=0))
-        sm_times.append(median_time(sm_step, 1, warmup=0))
-    mle, sm = sorted(mle_times)[steps // 2], sorted(sm_times)[steps // 2]
+    t = alternated_medians({'mle': mle_step, 'sm': sm_step}, steps)
+    mle, sm = t['mle'], t['sm']
     print(f"(hf) tiny Llama 4L/128 with LoRA, {n_data + n_model} rows of {row} tokens: MLE step {mle * 1000:.1f} ms, "
           f"SequenceMatch step ({n_data} data + {n_model} rollout rows) {sm * 1000:.1f} ms: {sm / mle:.2f}x "
           f"(target <= 1.3x)")
     model.eval()
-    prompt = torch.randint(1, vocab, (decode_rows, decode_prompt))
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        generate(model, prompt, new_tokens, bk)
-        cached = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        generate_recompute(model, prompt, new_tokens, bk)
-        recompute = time.perf_counter() - t0
-    n = decode_rows * new_tokens
-    print(f"(hf) {decode_prompt} + {new_tokens} new tokens at batch {decode_rows}: KV cache {n / cached:,.0f} tok/s, "
-          f"recompute {n / recompute:,.0f} tok/s, speed-up {recompute / cached:.1f}x (target >= 5x)")
+    cached, recompute = decoding_rates(model, torch.randint(1, vocab, (decode_rows, decode_prompt)), new_tokens, bk)
+    print(f"(hf) {decode_prompt} + {new_tokens} new tokens at batch {decode_rows}: KV cache {cached:,.0f} tok/s, "
+          f"recompute {recompute:,.0f} tok/s, speed-up {cached / recompute:.1f}x (target >= 5x)")
 
 
 print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

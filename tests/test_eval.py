@@ -3,11 +3,9 @@ and results.py end to end on tiny Shakespeare runs."""
 import json
 import math
 import os
-import pickle
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -138,29 +136,6 @@ def test_eval_stops_in_one_line_before_any_sampling(char_model, tmp_path):
         assert 'sampling' not in result.stdout, result.stdout
     with pytest.raises(FileNotFoundError, match='no checkpoint at nowhere/ckpt.pt'):  # a path, not a hub name
         textmetrics.load_featurizer('nowhere/ckpt.pt', 'cpu')
-
-
-def test_a_bpe_run_without_the_bpe_files_is_a_one_line_error(tmp_path, monkeypatch):
-    """A GPT-2 BPE checkpoint evaluated offline with an empty tiktoken cache: one line that says what to set."""
-    data, out, empty_cache = tmp_path / 'bpe', tmp_path / 'out', tmp_path / 'empty_cache'
-    data.mkdir()
-    empty_cache.mkdir()
-    with open(data / 'meta.pkl', 'wb') as f:  # as data/shakespeare/prepare.py writes it, without needing tiktoken
-        pickle.dump({'tokenizer': 'gpt2', 'vocab_size': 50304, 'bkspc_id': 50257, 'eos_id': 50256}, f)
-    rng = np.random.default_rng(0)
-    for split in ('train', 'val'):
-        rng.integers(0, 50257, 2000, dtype=np.uint16).tofile(data / f'{split}.bin')
-    run('train.py', f'--dataset={data}', '--objective=mle', f'--out_dir={out}', '--max_iters=2', '--eval_interval=2',
-        *TINY)
-    monkeypatch.setenv('TIKTOKEN_CACHE_DIR', str(empty_cache))
-    for proxy in ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy'):  # a download is refused, even online
-        monkeypatch.setenv(proxy, 'http://127.0.0.1:9')
-    for no_proxy in ('NO_PROXY', 'no_proxy'):
-        monkeypatch.delenv(no_proxy, raising=False)
-    result = run('eval.py', f'--out_dirs={out}', check=False)
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tiktoken could not download GPT-2's BPE files ("), result.stderr
 
 
 def test_results_regenerates_the_table_over_seeds(shakespeare_char, tmp_path):

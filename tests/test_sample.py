@@ -27,7 +27,8 @@ def test_show_edits_writes_each_bkspc_where_it_was_typed():
 
 
 def test_bpe_run_without_the_bpe_files_is_a_one_line_error(tmp_path, monkeypatch):
-    """A GPT-2 BPE checkpoint sampled offline with an empty tiktoken cache: one line that says what to set."""
+    """A GPT-2 BPE checkpoint sampled or evaluated offline with an empty tiktoken cache: one line that says what to
+    set."""
     data, out, empty_cache = tmp_path / 'bpe', tmp_path / 'out', tmp_path / 'empty_cache'
     data.mkdir()
     empty_cache.mkdir()
@@ -43,8 +44,9 @@ def test_bpe_run_without_the_bpe_files_is_a_one_line_error(tmp_path, monkeypatch
         monkeypatch.setenv(proxy, 'http://127.0.0.1:9')
     for no_proxy in ('NO_PROXY', 'no_proxy'):
         monkeypatch.delenv(no_proxy, raising=False)
-    result = run('sample.py', f'--out_dir={out}', '--start=Hello', check=False)
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and 'TIKTOKEN_CACHE_DIR' in lines[0], result.stderr
-    assert lines[0].startswith("tiktoken could not download GPT-2's BPE files ("), lines[0]
+    for script, args in (('sample.py', [f'--out_dir={out}', '--start=Hello']), ('eval.py', [f'--out_dirs={out}'])):
+        result = run(script, *args, check=False)
+        assert result.returncode != 0, script
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and 'TIKTOKEN_CACHE_DIR' in lines[0], (script, result.stderr)
+        assert lines[0].startswith("tiktoken could not download GPT-2's BPE files ("), (script, lines[0])
