@@ -46,6 +46,9 @@ def windows(data_dir, split, starts, length):
 def random_windows(data_dir, split, n_rows, length, generator=None):
     """(n_rows, length) windows at offsets drawn uniformly (from torch's global generator if none is given)."""
     n_tokens = len(token_file(data_dir, split))
+    if n_tokens <= length:
+        raise ValueError(f"{split}.bin in {data_dir} has {n_tokens} tokens, too few for windows of {length}: "
+                         f"prepare a longer text, or use a smaller block_size")
     return windows(data_dir, split, torch.randint(n_tokens - length, (n_rows,), generator=generator), length)
 
 

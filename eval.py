@@ -32,7 +32,7 @@ import textmetrics
 from batches import dataset_dir, random_windows, token_file
 from model import auto_device, load_model
 from seqmatch import apply_backspaces, generate, mle_loss, soft_values
-from tokenizer import BPEUnavailableError, Tokenizer
+from tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
 out_dirs = 'out-shakespeare-char-mle,out-shakespeare-seqmatch'  # comma-separated runs (each with a ckpt.pt)
@@ -159,9 +159,9 @@ def mistake_detection(model, tokenizer, problems, gamma):
 
 @torch.no_grad()
 def val_cross_entropy(model, data_dir, n_actions):
-    losses = []
+    losses, g = [], torch.Generator().manual_seed(seed)  # the same val batches for every checkpoint
     for _ in range(eval_iters):
-        rows = random_windows(data_dir, 'val', 12, model.config.block_size + 1).to(device)
+        rows = random_windows(data_dir, 'val', 12, model.config.block_size + 1, g).to(device)
         losses.append(mle_loss(model(rows[:, :-1])[..., :n_actions], rows[:, 1:]).item())
     return sum(losses) / len(losses)
 
@@ -319,20 +319,27 @@ if mauve:  # before any sampling: without mauve-text or the featurizer, stop her
                          f"folder with a saved Hugging Face causal LM, or a checkpoint of this repository "
                          f"(--featurizer=out-shakespeare-char-mle/ckpt.pt)")
 
+if json_path and not os.path.isdir(os.path.dirname(json_path) or '.'):  # before hours of sampling, not after
+    raise SystemExit(f"--json_path={json_path}: there is no folder {os.path.dirname(json_path)} to write it in")
+
 rows = []
-held = None  # text: the held-out prompts and true continuations, drawn once, for every checkpoint
+first_data_dir = held = None  # text: the held-out prompts and true continuations, drawn once, for every checkpoint
 for out_dir in out_dirs.split(','):
-    torch.manual_seed(seed)  # every checkpoint sees the same val batches
-    try:
+    torch.manual_seed(seed)  # arithmetic: the answers of checkpoints of one shape are sampled from the same stream
+    try:  # no checkpoint or base model, one that could run code, a model that does not fit this transformers
         model, checkpoint = load_model(os.path.join(out_dir, 'ckpt.pt'), device)
-    except (OSError, ImportError, pickle.UnpicklingError) as e:  # no checkpoint or base model, one that could run code
+    except (OSError, ImportError, ValueError, pickle.UnpicklingError) as e:
         raise SystemExit(f"error: {e}")
     model.eval()
     meta, config = checkpoint['meta'], checkpoint['config']
     data_dir = dataset_dir(config['dataset'])
+    first_data_dir = first_data_dir or data_dir
+    if data_dir != first_data_dir:
+        raise SystemExit(f"one table compares runs of one dataset: {out_dir} was trained on {data_dir}, the runs "
+                         f"before it on {first_data_dir}")
     try:
         tokenizer = Tokenizer(meta)
-    except BPEUnavailableError as e:
+    except (OSError, ImportError) as e:  # GPT-2's BPE files or a Hugging Face tokenizer unavailable offline
         raise SystemExit(str(e))
     name = f"{out_dir} ({config['objective']})"
     if meta.get('task') == 'arithmetic':
@@ -354,12 +361,9 @@ for out_dir in out_dirs.split(','):
             raise SystemExit(f"prompt_len + max_new_tokens = {prompt_len} + {max_new_tokens} does not fit the block "
                              f"size {model.config.block_size} of {out_dir}: lower --prompt_len or --max_new_tokens")
         if held is None:
-            text_dir, held = data_dir, draw_held_out(data_dir, tokenizer.eos_id)
+            held = draw_held_out(data_dir, tokenizer.eos_id)
             known, follows = training_text(data_dir, tokenizer, meta)
             rows.append(('val text (the true continuations)', None, reference_row(held, tokenizer, known)))
-        elif data_dir != text_dir:
-            raise SystemExit(f"one table compares runs of one dataset: {out_dir} was trained on {data_dir}, the "
-                             f"runs before it on {text_dir}")
         rows.append((name, out_dir, text_row(model, tokenizer, data_dir, held, known, follows, name)))
     print(f"evaluated {out_dir}")
 
@@ -390,6 +394,6 @@ else:
         settings = dict(num_samples=num_samples, prompt_len=prompt_len, max_new_tokens=max_new_tokens,
                         temperature=temperature, seeds=seeds, mauve=mauve, featurizer=featurizer if mauve else None,
                         mauve_scaling_factor=mauve_scaling_factor if mauve else None)
-        with open(json_path, 'w') as f:  # NaN where a column has no value, as Python's json writes and reads it
+        with open(json_path, 'w') as f:  # NaN where a metric is undefined (no n-grams), as Python's json reads it
             json.dump({'settings': settings, 'columns': TEXT_COLUMNS, 'rows': [{'name': name, 'out_dir': out, 'values': values}
                                                       for name, out, values in rows]}, f, indent=1)

@@ -17,11 +17,12 @@ exec(open('configurator.py').read())  # overrides from the command line or a con
 
 if not to:
     raise SystemExit("say where the model goes: --to=DIR")
-if os.path.exists(to) and os.listdir(to):
-    raise SystemExit(f"{to} is not empty; nothing was written: export to a new or empty directory")
+if os.path.isfile(to) or (os.path.isdir(to) and os.listdir(to)):
+    raise SystemExit(f"{to} is a file or a folder that is not empty; nothing was written: export to a new or "
+                     f"empty directory")
 try:
     model, checkpoint = load_model(os.path.join(out_dir, 'ckpt.pt'))
-except (OSError, ImportError, pickle.UnpicklingError) as e:  # no checkpoint or base model, one that could run code
+except (OSError, ImportError, ValueError, pickle.UnpicklingError) as e:  # missing files, a misfit model, unsafe code
     raise SystemExit(f"error: {e}")
 if 'hf_name' not in checkpoint['model_args']:
     raise SystemExit(f"{out_dir} trained model.py's GPT, not a Hugging Face model: there is nothing to export")

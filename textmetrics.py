@@ -130,19 +130,19 @@ class CheckpointFeaturizer(Featurizer):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_len, self.device = model.config.block_size, next(model.parameters()).device
         self.n_actions = tokenizer.bkspc_id + 1
-        self.hidden = None
-        output_layer = model.lm_head if isinstance(model, GPT) else model.lm.get_output_embeddings()  # a HF run's
-        output_layer.register_forward_pre_hook(self.keep_hidden)
-
-    def keep_hidden(self, module, inputs):
-        self.hidden = inputs[0]
+        self.output_layer = model.lm_head if isinstance(model, GPT) else model.lm.get_output_embeddings()  # a HF run's
 
     def encode(self, text):
         return self.tokenizer.encode(text)
 
     def forward(self, ids, mask):
-        logits = self.model(ids)  # causal: the padding after a text changes nothing before it
-        return self.hidden, logits[..., :self.n_actions]
+        hidden = []  # the output layer's input, kept by a hook that lives for this forward only
+        hook = self.output_layer.register_forward_pre_hook(lambda module, inputs: hidden.append(inputs[0]))
+        try:
+            logits = self.model(ids)  # causal: the padding after a text changes nothing before it
+        finally:
+            hook.remove()
+        return hidden[0], logits[..., :self.n_actions]
 
 
 class HFFeaturizer(Featurizer):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import textmetrics
-from batches import token_file, windows
+from batches import random_windows, token_file, windows
 from conftest import ROOT, TINY, run
 
 
@@ -127,7 +127,8 @@ def test_eval_stops_in_one_line_before_any_sampling(char_model, tmp_path):
     sampled."""
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HOME=str(tmp_path / 'empty_hf_home'))
     for args, start in ((['--mauve=True'], '--featurizer=gpt2-large cannot be loaded'),
-                        (['--max_new_tokens=64'], 'prompt_len + max_new_tokens = 16 + 64 does not fit the block size 64')):
+                        (['--max_new_tokens=64'], 'prompt_len + max_new_tokens = 16 + 64 does not fit the block size 64'),
+                        (['--json_path=nowhere/table.json'], '--json_path=nowhere/table.json: there is no folder nowhere')):
         result = subprocess.run([sys.executable, 'eval.py', f'--out_dirs={char_model}', *args], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode != 0
@@ -136,6 +137,14 @@ def test_eval_stops_in_one_line_before_any_sampling(char_model, tmp_path):
         assert 'sampling' not in result.stdout, result.stdout
     with pytest.raises(FileNotFoundError, match='no checkpoint at nowhere/ckpt.pt'):  # a path, not a hub name
         textmetrics.load_featurizer('nowhere/ckpt.pt', 'cpu')
+
+
+def test_windows_longer_than_the_split_are_refused(shakespeare_char):
+    data_dir = os.path.join(ROOT, 'data', shakespeare_char)
+    n_val = len(token_file(data_dir, 'val'))
+    with pytest.raises(ValueError, match=f'val.bin in .* has {n_val} tokens, too few for windows of {n_val}'):
+        random_windows(data_dir, 'val', 1, n_val)
+    assert random_windows(data_dir, 'val', 1, n_val - 1).shape == (1, n_val - 1)
 
 
 def test_results_regenerates_the_table_over_seeds(shakespeare_char, tmp_path):

@@ -390,7 +390,7 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(hf_dirs, hf_data, shak
         ('export_hf.py', f'--out_dir={gpt}', f'--to={out}'):
             f"{gpt} trained model.py's GPT, not a Hugging Face model: there is nothing to export",
         ('export_hf.py', f'--out_dir={gpt}', f'--to={gpt}'):
-            f"{gpt} is not empty; nothing was written: export to a new or empty directory",
+            f"{gpt} is a file or a folder that is not empty; nothing was written: export to a new or empty directory",
         ('data/openwebtext/prepare.py', f"--input={hf_dirs['docs']}", f'--out_dir={out}', '--tokenizer=hf2:x'):
             "--tokenizer=hf2:x: expected 'gpt2' or 'hf:<model id or local directory>'",
     }

@@ -28,6 +28,8 @@ parser.add_argument('--num_proc', type=int, default=8, help='worker processes fo
 parser.add_argument('--tokenizer', default='gpt2',
                     help="'gpt2' (GPT-2's BPE), or 'hf:<model id or local directory>': that model's tokenizer")
 args = parser.parse_args()
+if args.input and not os.path.isfile(args.input):
+    raise SystemExit(f"--input={args.input}: there is no such file")
 
 if args.tokenizer.startswith('hf:'):
     try:
@@ -35,6 +37,8 @@ if args.tokenizer.startswith('hf:'):
     except (OSError, ImportError) as e:
         raise SystemExit(str(e))
     meta = hf_meta(hf, args.tokenizer[3:])
+    if meta['eos_id'] is None:
+        raise SystemExit(f"{args.tokenizer[3:]}'s tokenizer has no eos token to end the documents with")
     encode, eos_id = (lambda text: hf.encode(text, add_special_tokens=False)), meta['eos_id']
 elif args.tokenizer == 'gpt2':
     try:
@@ -92,5 +96,7 @@ else:
     for name, dset in tokenized.items():
         write(name, (ex['ids'] for ex in tqdm(dset, desc=f'writing {name}')))
 
-with open(os.path.join(args.out_dir, 'meta.pkl'), 'wb') as f:
+meta_path = os.path.join(args.out_dir, 'meta.pkl')
+with open(meta_path + '.tmp', 'wb') as f:  # atomically, as the token files
     pickle.dump(meta, f)
+os.replace(meta_path + '.tmp', meta_path)
