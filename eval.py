@@ -40,7 +40,7 @@ split = 'val'  # arithmetic: 'val' to choose settings; to report, 'test' (the pa
 eval_iters = 50  # text: batches of 12 for the val cross-entropy
 num_samples = 256  # text: held-out prompts, each continued once per sampling seed
 prompt_len = 16  # text: tokens of val data that start each continuation
-max_new_tokens = 0  # text: actions sampled after each prompt, <bkspc> included; 0 = the rest of the first run's block
+max_new_tokens = 0  # text: actions sampled after each prompt, <bkspc> included; 0: the rest of the first run's block
 sampling_seeds = 3  # text: sample with seeds seed, seed + 1, ...: each sampled column is their mean ± std
 temperature = 1.0  # sampling temperature (arithmetic also reports greedy)
 samples_per_question = 8  # arithmetic: sampled answers per question (averages out the sampling noise)
@@ -287,15 +287,6 @@ def text_row(model, tokenizer, data_dir, held, known, follows, name):
     return values
 
 
-def cell(values, fmt):
-    """A table cell: '-' without values, one value, or the mean ± the standard deviation of several."""
-    if values is None:
-        return '-'
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(np.mean(values))} ± {fmt.format(np.std(values, ddof=1))}"
-
-
 TEXT_COLUMNS = [  # (key, header, format), in the table's order
     ('ce', 'val cross-entropy', '{:.4f}'), ('in_train', 'words in training text', '{:.3f}'),
     ('distinct2', 'distinct-2', '{:.3f}'), ('char_entropy', 'char 3-gram entropy (bits)', '{:.2f}'),
@@ -389,7 +380,7 @@ else:
     print(f"\n| checkpoint | {' | '.join(header for _, header, _ in TEXT_COLUMNS)} |")
     print(f"|---|{'---|' * len(TEXT_COLUMNS)}")
     for name, _, values in rows:
-        print(f"| {name} | {' | '.join(cell(values.get(key), fmt) for key, _, fmt in TEXT_COLUMNS)} |")
+        print(f"| {name} | {' | '.join(textmetrics.table_cell(values.get(key), fmt) for key, _, fmt in TEXT_COLUMNS)} |")
     if json_path:
         settings = dict(num_samples=num_samples, prompt_len=prompt_len, max_new_tokens=max_new_tokens,
                         temperature=temperature, seeds=seeds, mauve=mauve, featurizer=featurizer if mauve else None,

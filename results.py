@@ -17,6 +17,7 @@ import sys
 import numpy as np
 
 from model import load_checkpoint
+from textmetrics import table_cell
 
 # -----------------------------------------------------------------------------
 seeds = 3  # training seeds per arm: 1337 (the README's single runs), 1338, ...
@@ -66,16 +67,6 @@ def run_record(out_dir):
     return best, load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))['elapsed_s']
 
 
-def cell(values, fmt):
-    """The mean ± the standard deviation (over the training seeds) of values, or the one value; '-' for none."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return '-'
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(np.mean(values))} ± {fmt.format(np.std(values, ddof=1))}"
-
-
 try:
     seed_list = [1337 + k for k in range(seeds)]
     runs = {arm: [os.path.join(out_root, f'{prefix}-{s}') for s in seed_list] for arm, prefix, _ in ARMS}
@@ -106,10 +97,10 @@ print(f"| run | best val loss (log) | training time (s) | {' | '.join(header for
 print(f"|---|---|---|{'---|' * len(columns)}")
 reference = table['rows'][0]  # the true continuations; its MAUVE's spread is over eval.py's sampling seeds
 print(f"| {reference['name']} | - | - | "
-      f"{' | '.join(cell(reference['values'].get(k, []), fmt) for k, _, fmt in columns)} |")
+      f"{' | '.join(table_cell(reference['values'].get(k, []), fmt) for k, _, fmt in columns)} |")
 for arm, dirs in runs.items():
-    best = cell([records[d][0] for d in dirs], '{:.4f}')
-    seconds = cell([records[d][1] for d in dirs], '{:.0f}')
+    best = table_cell([records[d][0] for d in dirs], '{:.4f}')
+    seconds = table_cell([records[d][1] for d in dirs], '{:.0f}')
     # each run's value: the mean over its sampling seeds; None where eval.py has none (a char-level column of BPE text)
     means = {k: [float(np.mean(by_dir[d][k])) if k in by_dir[d] else None for d in dirs] for k, _, _ in columns}
-    print(f"| {arm} | {best} | {seconds} | {' | '.join(cell(means[k], fmt) for k, _, fmt in columns)} |")
+    print(f"| {arm} | {best} | {seconds} | {' | '.join(table_cell(means[k], fmt) for k, _, fmt in columns)} |")

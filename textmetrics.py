@@ -8,6 +8,7 @@ Each definition is the usual one for the metric the paper reports, with its sour
 """
 import math
 import os
+import statistics
 from collections import Counter
 
 import torch
@@ -88,6 +89,19 @@ def perplexity(nll, n_tokens):
 
 # -----------------------------------------------------------------------------
 # Featurizers: a language model that reads texts
+
+
+def table_cell(values, fmt):
+    """A number over seeds as eval.py and results.py report it: '-' for none, the one value, or the mean ± the standard
+    deviation (n - 1) of several; None among the values (a column that a run lacks) is left out.
+    >>> table_cell([0.5, 0.7], '{:.2f}'), table_cell([2.0], '{:.1f}'), table_cell(None, '{:.1f}')
+    ('0.60 ± 0.14', '2.0', '-')"""
+    values = [v for v in values or () if v is not None]
+    if not values:
+        return '-'
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
 class Featurizer:
