@@ -68,6 +68,19 @@ class BPEUnavailableError(OSError):
     """GPT-2's BPE files are not in tiktoken's cache, and tiktoken could not download them."""
 
 
+def gpt2_encoding():
+    """GPT-2's BPE through tiktoken, which downloads its files into its cache on first use. BPEUnavailableError, with
+    what to do offline, where it can neither find nor download them."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding('gpt2')
+    except OSError as e:  # requests' connection errors are OSErrors
+        raise BPEUnavailableError(
+            f"tiktoken could not download GPT-2's BPE files ({type(e).__name__}). Offline? Set "
+            f"TIKTOKEN_CACHE_DIR to a copy of a tiktoken cache that holds them (on a machine online, "
+            f"TIKTOKEN_CACHE_DIR=DIR python -c \"import tiktoken; tiktoken.get_encoding('gpt2')\" fills DIR)") from e
+
+
 class Tokenizer:
 
     def __init__(self, meta):
@@ -80,15 +93,7 @@ class Tokenizer:
         elif meta['tokenizer'].startswith('hf:'):
             self.hf = load_hf_tokenizer(meta['tokenizer'][3:])
         else:
-            import tiktoken
-            try:
-                self.gpt2 = tiktoken.get_encoding('gpt2')  # downloads GPT-2's BPE files into its cache on first use
-            except OSError as e:  # requests' connection errors are OSErrors
-                raise BPEUnavailableError(
-                    f"tiktoken could not download GPT-2's BPE files ({type(e).__name__}). Offline? Set "
-                    f"TIKTOKEN_CACHE_DIR to a copy of a tiktoken cache that holds them (on a machine online, "
-                    f"TIKTOKEN_CACHE_DIR=DIR python -c \"import tiktoken; tiktoken.get_encoding('gpt2')\" fills DIR)"
-                ) from e
+            self.gpt2 = gpt2_encoding()
 
     def encode(self, text):
         if self.hf is not None:

@@ -15,11 +15,10 @@ import pickle
 import sys
 
 import numpy as np
-import tiktoken
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
-from tokenizer import hf_meta, load_hf_tokenizer  # noqa: E402
+from tokenizer import BPEUnavailableError, gpt2_encoding, hf_meta, load_hf_tokenizer  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument('--input', help='a local text file to prepare instead of the HuggingFace dataset')
@@ -42,11 +41,9 @@ if args.tokenizer.startswith('hf:'):
     encode, eos_id = (lambda text: hf.encode(text, add_special_tokens=False)), meta['eos_id']
 elif args.tokenizer == 'gpt2':
     try:
-        enc = tiktoken.get_encoding('gpt2')  # downloads GPT-2's BPE files into tiktoken's cache on first use
-    except OSError as e:
-        raise SystemExit(f"tiktoken could not download GPT-2's BPE files ({type(e).__name__}).\n"
-                         f"Offline? Set TIKTOKEN_CACHE_DIR to a copy of a tiktoken cache that holds them (on a machine "
-                         f"online, TIKTOKEN_CACHE_DIR=DIR python -c \"import tiktoken; tiktoken.get_encoding('gpt2')\" fills DIR)")
+        enc = gpt2_encoding()
+    except BPEUnavailableError as e:
+        raise SystemExit(str(e))
     meta = {'tokenizer': 'gpt2', 'vocab_size': 50304, 'bkspc_id': enc.n_vocab, 'eos_id': enc.eot_token}
     encode, eos_id = enc.encode_ordinary, enc.eot_token
 else:

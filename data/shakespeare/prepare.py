@@ -10,10 +10,13 @@ Expected output:
 """
 import os
 import pickle
+import sys
 import urllib.request
 
 import numpy as np
-import tiktoken
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
+from tokenizer import BPEUnavailableError, gpt2_encoding  # noqa: E402
 
 URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 here = os.path.dirname(os.path.abspath(__file__))
@@ -31,11 +34,9 @@ with open(input_path, encoding='utf-8') as f:
     data = f.read()
 
 try:
-    enc = tiktoken.get_encoding('gpt2')  # downloads GPT-2's BPE files into tiktoken's cache on first use
-except OSError as e:
-    raise SystemExit(f"tiktoken could not download GPT-2's BPE files ({type(e).__name__}).\n"
-                     f"Offline? Set TIKTOKEN_CACHE_DIR to a copy of a tiktoken cache that holds them (on a machine "
-                     f"online, TIKTOKEN_CACHE_DIR=DIR python -c \"import tiktoken; tiktoken.get_encoding('gpt2')\" fills DIR)")
+    enc = gpt2_encoding()
+except BPEUnavailableError as e:
+    raise SystemExit(str(e))
 n = len(data)
 train_ids = np.array(enc.encode_ordinary(data[:int(n * 0.9)]), dtype=np.uint16)
 val_ids = np.array(enc.encode_ordinary(data[int(n * 0.9):]), dtype=np.uint16)
