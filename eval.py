@@ -351,11 +351,14 @@ for out_dir in out_dirs.split(','):
         if prompt_len + max_new_tokens > model.config.block_size or max_new_tokens <= 0:
             raise SystemExit(f"prompt_len + max_new_tokens = {prompt_len} + {max_new_tokens} does not fit the block "
                              f"size {model.config.block_size} of {out_dir}: lower --prompt_len or --max_new_tokens")
-        if held is None:
-            held = draw_held_out(data_dir, tokenizer.eos_id)
-            known, follows = training_text(data_dir, tokenizer, meta)
-            rows.append(('val text (the true continuations)', None, reference_row(held, tokenizer, known)))
-        rows.append((name, out_dir, text_row(model, tokenizer, data_dir, held, known, follows, name)))
+        try:  # a val split shorter than the windows stops in one line
+            if held is None:
+                held = draw_held_out(data_dir, tokenizer.eos_id)
+                known, follows = training_text(data_dir, tokenizer, meta)
+                rows.append(('val text (the true continuations)', None, reference_row(held, tokenizer, known)))
+            rows.append((name, out_dir, text_row(model, tokenizer, data_dir, held, known, follows, name)))
+        except ValueError as e:
+            raise SystemExit(str(e))
     print(f"evaluated {out_dir}")
 
 if meta.get('task') == 'arithmetic':

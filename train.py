@@ -363,7 +363,7 @@ while True:
 
     resumed_here = iter_num == saved_iter and not eval_only  # a resumed run was evaluated before its stop
     if (iter_num % eval_interval == 0 or iter_num == max_iters or eval_only) and not resumed_here:
-        losses = estimate_loss()
+        losses = or_exit(estimate_loss)  # a val split shorter than a block stops in one line
         print_once(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         log_row({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val']})
         if any_process(not all(map(math.isfinite, losses.values())))[0]:

@@ -72,6 +72,16 @@ def test_own_text_prepares_then_trains_and_samples(tmp_path):
         assert typed_to_final(typed) == final, (typed, final)
 
 
+def test_a_text_too_short_for_a_block_stops_training_in_one_line(tmp_path):
+    text_file, data = tmp_path / 'short.txt', tmp_path / 'short'
+    text_file.write_text('the cat sat on the mat\n' * 10)  # 230 characters: val has 23, fewer than a block's 33
+    run(PREPARE, f'--input={text_file}', f'--out_dir={data}')
+    result = run('train.py', f'--dataset={data}', f'--out_dir={tmp_path / "out"}', *TINY, check=False)
+    assert result.returncode != 0 and result.stderr.strip() == (
+        f"val.bin in {data} has 23 tokens, too few for windows of 33: prepare a longer text, or use a smaller "
+        f"block_size"), result.stderr
+
+
 def test_help_prints_the_usage_and_prepares_nothing(tmp_path):
     before = files_and_times(SHAKESPEARE_CHAR)
     result = run(PREPARE, '--help', f'--out_dir={tmp_path / "never"}')
