@@ -164,12 +164,19 @@ def test_data_only_sequencematch_trains_past_the_switch_on(shakespeare_char, tmp
     """model_batch_size=0: SequenceMatch on the data rows alone, an ablation that docs/arithmetic.md reports."""
     result = run('train.py', 'config/shakespeare_seqmatch.py', f'--out_dir={tmp_path}', '--max_iters=10',
                  '--eval_interval=10', '--bc_warmup_iters=3', *TINY, '--model_batch_size=0')
-    assert 'iter 3: SequenceMatch switches on' in result.stdout
+    assert 'iter 3: SequenceMatch switches on' in result.stdout and 'note: ' not in result.stdout
     rows = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
     trained = [r for r in rows if 'reward_data' in r]
     assert [r['iter'] for r in trained] == [5, 10]
     assert all(math.isfinite(r['loss']) and math.isfinite(r['reward_data']) for r in trained), trained
     assert checkpoint(tmp_path)['iter_num'] == 10
+
+
+def test_a_run_that_ends_before_sequencematch_switches_on_says_so(shakespeare_char, tmp_path):
+    result = run('train.py', f'--out_dir={tmp_path}', '--objective=seqmatch', '--max_iters=2', '--eval_interval=2',
+                 '--bc_warmup_iters=5', *TINY)
+    assert ("note: SequenceMatch switches on at bc_warmup_iters=5, and max_iters=2 ends the run before that: this run "
+            "trains with BC alone") in result.stdout.splitlines()
 
 
 def test_the_logged_bc_loss_is_its_definition_on_the_data_rows(shakespeare_char, tmp_path):
