@@ -389,7 +389,7 @@ def bench_hf(n_data=8, n_model=4, row=128, decode_rows=8, decode_prompt=64, new_
     import tempfile
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    from model import model_from_args
+    from checkpoint import model_from_args
     vocab = 2000  # words w0 .. w1999, w0 the eos; <bkspc> = 2000
     bk, eos, prompt_len = vocab, 0, row // 2
     block_size = max(row, decode_prompt + new_tokens)

@@ -5,9 +5,8 @@ the base vocabulary, as in training), so that AutoModelForCausalLM.from_pretrain
 $ python export_hf.py --out_dir=out-hf-lora-seqmatch --to=smollm2-seqmatch
 """
 import os
-import pickle
 
-from model import load_model
+from checkpoint import LOAD_ERRORS, load_model
 
 # -----------------------------------------------------------------------------
 out_dir = 'out-hf-lora-seqmatch'  # the run to export (its ckpt.pt)
@@ -22,7 +21,7 @@ if os.path.isfile(to) or (os.path.isdir(to) and os.listdir(to)):
                      f"empty directory")
 try:
     model, checkpoint = load_model(os.path.join(out_dir, 'ckpt.pt'))
-except (OSError, ImportError, ValueError, pickle.UnpicklingError) as e:  # missing files, a misfit model, unsafe code
+except LOAD_ERRORS as e:
     raise SystemExit(f"error: {e}")
 if 'hf_name' not in checkpoint['model_args']:
     raise SystemExit(f"{out_dir} trained model.py's GPT, not a Hugging Face model: there is nothing to export")

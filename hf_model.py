@@ -12,7 +12,6 @@ number instead. The flash-attention kernels take no such mask and are refused, a
 import dataclasses
 
 import torch
-from torch import nn
 
 try:
     import peft
@@ -21,7 +20,7 @@ except ImportError as e:
     raise ImportError("Hugging Face models need the optional packages transformers and peft: "
                       "pip install -r requirements-extra.txt") from e
 
-from model import GPT
+from model import LanguageModel
 from tokenizer import BKSPC, hf_meta, load_hf_tokenizer
 
 EXACT_ATTENTION = ('sdpa', 'eager')  # the attention implementations that take the backspace mask exactly
@@ -41,18 +40,17 @@ class HFConfig:
 
 
 class HFKVCache:
-    """What seqmatch.generate asks of a KV cache, around transformers' DynamicCache: `length` positions are cached,
-    the same for every row, and a call that adds T attends over length + T keys (a DynamicCache grows by each call)."""
+    """A KV cache (model.LanguageModel) around transformers' DynamicCache, which appends each call's keys and values:
+    a call writes at cache_pos = the columns already cached, and attends over all of them (key_length n)."""
 
     def __init__(self):
         self.cache = transformers.DynamicCache()
-        self.length = 0
 
-    def key_length(self, T, device):
-        return self.length + T
+    def key_length(self, n, device):
+        return n
 
 
-class HFModel(nn.Module):
+class HFModel(LanguageModel):
 
     def __init__(self, config):
         """Loads config.hf_name, adds <bkspc> and the adapters. Raises OSError (the model cannot be loaded: offline
@@ -103,10 +101,12 @@ class HFModel(nn.Module):
                 target_modules=targets, trainable_token_indices=bkspc_rows))
         self.lm, self.config = lm, config
 
-    def forward(self, idx, position_ids=None, attn_mask=None, kv_cache=None):
-        """As model.py's GPT.forward: idx (B, T) token ids; position_ids (B, T), default 0.. after the cached positions;
-        attn_mask (B, T, S) bool, True = may attend, S = kv_cache.key_length(T), default causal. Returns the logits
-        (B, T, vocab_size) at every position."""
+    def forward(self, idx, position_ids=None, attn_mask=None, kv_cache=None, cache_pos=0):
+        """As model.LanguageModel.forward: logits (B, T, vocab_size) at every position of idx (B, T)."""
+        if kv_cache is not None:  # a DynamicCache can only append
+            assert cache_pos == kv_cache.cache.get_seq_length(), "a DynamicCache grows at its end only"
+        if position_ids is None:
+            position_ids = torch.arange(cache_pos, cache_pos + idx.size(1), device=idx.device)[None]  # (1, T)
         if attn_mask is not None:
             attn_mask = attn_mask[:, None]  # (B, 1, T, S): the same for every head
             attention = self.lm.config._attn_implementation  # checked at each call: it can be changed after loading
@@ -117,17 +117,12 @@ class HFModel(nn.Module):
             elif attention != 'sdpa':
                 raise ValueError(f"attention implementation {attention!r} cannot take the backspace mask exactly")
         cache = kv_cache.cache if kv_cache is not None else None
-        logits = self.lm(input_ids=idx, position_ids=position_ids, attention_mask=attn_mask, cache=cache,
-                         use_cache=cache is not None).logits  # (B, T, vocab_size)
-        if kv_cache is not None:
-            kv_cache.length += idx.size(1)
-        return logits
+        return self.lm(input_ids=idx, position_ids=position_ids, attention_mask=attn_mask, cache=cache,
+                       use_cache=cache is not None).logits  # (B, T, vocab_size)
 
     def new_kv_cache(self, batch_size, max_len):
         """An empty KV cache (seqmatch.generate asks for it); a DynamicCache needs neither size in advance."""
         return HFKVCache()
-
-    configure_optimizers = GPT.configure_optimizers  # the trained parameters only: those that require a gradient
 
     def state_dict(self):
         """What training changes, {name: tensor} with the names of the Hugging Face (or peft) model: the LoRA adapters

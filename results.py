@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from model import load_checkpoint
+from checkpoint import load_checkpoint
 from textmetrics import table_cell
 
 # -----------------------------------------------------------------------------

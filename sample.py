@@ -6,14 +6,13 @@ a, b, a <bkspc> that deleted the b, then c (the text 'ac'); a deleted newline sh
 $ python sample.py --out_dir=out-shakespeare-seqmatch --show_edits=True
 """
 import os
-import pickle
 import sys
 
 import torch
 
-from model import auto_device, load_model
+from checkpoint import LOAD_ERRORS, auto_device, load_model
 from seqmatch import apply_backspaces, generate
-from tokenizer import BPEUnavailableError, Tokenizer
+from tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
 out_dir = 'out-shakespeare-seqmatch'  # the run to sample from (its ckpt.pt)
@@ -28,23 +27,20 @@ device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'mps'
 # -----------------------------------------------------------------------------
 exec(open('configurator.py').read())  # overrides from the command line or a config file
 
-device = auto_device(device)
+if temperature < 0 or top_k < 0:
+    raise SystemExit(f"temperature={temperature}, top_k={top_k}: both must be >= 0 (temperature 0: greedy; top_k 0: all)")
 torch.manual_seed(seed)
 try:
+    device = auto_device(device)
     model, checkpoint = load_model(os.path.join(out_dir, 'ckpt.pt'), device)
-except (OSError, ImportError, pickle.UnpicklingError) as e:  # no checkpoint or base model, one that could run code
+    tokenizer = Tokenizer(checkpoint['meta'])
+    if start.startswith('FILE:'):
+        with open(start[5:], encoding='utf-8') as f:
+            start = f.read()
+except LOAD_ERRORS as e:
     raise SystemExit(f"error: {e}")
-meta = checkpoint['meta']
 model.eval()
-try:
-    tokenizer = Tokenizer(meta)
-except BPEUnavailableError as e:
-    raise SystemExit(str(e))
-bkspc_id, eos_id = meta['bkspc_id'], meta['eos_id']
-
-if start.startswith('FILE:'):
-    with open(start[5:], encoding='utf-8') as f:
-        start = f.read()
+bkspc_id, eos_id = checkpoint['meta']['bkspc_id'], checkpoint['meta']['eos_id']
 try:
     prompt = tokenizer.encode(start)
 except ValueError as e:
@@ -74,6 +70,8 @@ def sample_long(prompt):
 
 with torch.no_grad():
     for actions in sample_long(prompt):
+        if eos_id in actions:  # the end of the text, not a part of it
+            actions = actions[:actions.index(eos_id)]
         text, deleted = apply_backspaces(prompt + actions, bkspc_id)
         print(start + tokenizer.decode(text[len(prompt):]))
         if show_edits:

@@ -285,7 +285,7 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
     stacks = Stacks(prompt, L)  # what the model reads at each position (section 2)
 
     kv_cache = model.new_kv_cache(B, L)
-    logits = model(prompt, kv_cache=kv_cache)  # the prompt is plain causal text
+    logits = model(prompt, kv_cache=kv_cache, cache_pos=0)  # the prompt: plain causal text, columns 0..P-1
     for j in range(P, L):
         policy_logits = logits[:, -1, :bkspc_id + 1].clone()  # (B, A): base vocabulary + <bkspc>
         no_bkspc = (stacks.depth <= P) | (not allow_bkspc)  # (B,): never into the prompt
@@ -299,9 +299,10 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
             done |= action == eos_id
         if j == L - 1 or done.all():
             break
-        S = kv_cache.key_length(1, prompt.device)  # L on a GPU: every step the same shapes (KVCache)
+        # column j of the cache takes the input at j, which attends over the columns <= j on its stack
+        S = kv_cache.key_length(j + 1, prompt.device)  # j + 1, or L on a GPU: every step the same shapes
         logits = model(stacks.input_ids[:, j:j + 1], position_ids=stacks.position_ids[:, j:j + 1],
-                       attn_mask=stacks.attends(j)[:, None, :S], kv_cache=kv_cache)  # (B, 1, S) mask
+                       attn_mask=stacks.attends(j)[:, None, :S], kv_cache=kv_cache, cache_pos=j)  # (B, 1, S) mask
     for k in range(j + 1, L):  # every row ended early: the padding after it, pushed as backspace_inputs pushes it
         stacks.push(k, tokens[:, k], bkspc_id)
     return tokens, valid, stacks

@@ -11,11 +11,14 @@ import os
 import statistics
 from collections import Counter
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import GPT, load_model
+from checkpoint import load_model
+from model import GPT
+from seqmatch import apply_backspaces
 from tokenizer import Tokenizer
 
 
@@ -104,6 +107,23 @@ def table_cell(values, fmt):
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
+def typed_and_deleted(prompt, actions, bkspc_id):
+    """The answer a prompt's actions leave after the backspaces and, for each <bkspc>, (the index in the
+    answer at which the deleted token had been typed, that token, the token before it)."""
+    row = list(prompt) + list(actions)
+    text, deleted = apply_backspaces(row, bkspc_id, len(prompt))
+    deletions = []
+    for i in deleted:
+        state = apply_backspaces(row[:i], bkspc_id)[0]  # the text in which row[i] was typed
+        deletions.append((len(state) - len(prompt), row[i], state[-1]))
+    return text[len(prompt):], deletions
+
+
+class UnreadableTextError(ValueError):
+    """A text that the featurizer's tokenizer cannot encode (a character-level checkpoint's vocabulary without one of
+    its characters)."""
+
+
 class Featurizer:
     """Reads texts with a language model, batch by batch. For each text, the feature MAUVE compares: the final hidden
     state (after the last layer norm) at the text's last token, as mauve-text's own featurize_tokens_from_model takes
@@ -116,8 +136,11 @@ class Featurizer:
     def read(self, texts, desc, batch_size=16):
         """(features, nll, n_tokens): features, a (number of texts with a token, C) float32 array (a text with no token
         has no last token, and no feature: mauve-text drops empty texts too); nll, the summed negative log-likelihood
-        in nats of n_tokens tokens. desc names the texts on the progress bar."""
+        in nats of n_tokens tokens. desc names the texts on the progress bar. UnreadableTextError for a text that the
+        featurizer's tokenizer cannot encode."""
         rows = [row for row in (self.encode(text)[:self.max_len] for text in texts) if row]
+        if not rows:  # (a model that ends every continuation at once)
+            return np.zeros((0, 0), dtype=np.float32), 0.0, 0
         features, nll, n_tokens = [], 0.0, 0
         for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit='batch', leave=False):
             batch = rows[start:start + batch_size]
@@ -147,7 +170,10 @@ class CheckpointFeaturizer(Featurizer):
         self.output_layer = model.lm_head if isinstance(model, GPT) else model.lm.get_output_embeddings()  # a HF run's
 
     def encode(self, text):
-        return self.tokenizer.encode(text)
+        try:
+            return self.tokenizer.encode(text)
+        except ValueError as e:
+            raise UnreadableTextError(str(e)) from None
 
     def forward(self, ids, mask):
         hidden = []  # the output layer's input, kept by a hook that lives for this forward only

@@ -7,6 +7,7 @@ Text <-> token ids for a prepared dataset, from the meta.pkl its prepare.py wrot
 <bkspc> is always the id right after the base vocabulary.
 """
 import hashlib
+import itertools
 import json
 import os
 import pickle
@@ -121,15 +122,19 @@ class Tokenizer:
         then c (the text 'ac'). strike=True (a terminal): the deleted tokens struck through in red, no ⌫.
         A deleted newline shows as ↵ in both, so that the lines are those of the text left."""
         deleted = set(deleted)
+        kind = lambda j: 'bkspc' if actions[j] == self.bkspc_id else 'deleted' if j in deleted else 'kept'  # noqa: E731
         pieces = []
-        for j, tok in enumerate(actions):
-            text = self.token_text(tok)
-            if j in deleted:
+        # a run of tokens of one kind is decoded at once: a character can span several byte-level BPE tokens
+        for what, run in itertools.groupby(range(len(actions)), key=kind):
+            run = [actions[j] for j in run]
+            if what == 'bkspc':
+                pieces.append('' if strike else '⌫' * len(run))
+                continue
+            text = self.decode(run)
+            if what == 'deleted':
                 text = text.replace('\n', '↵')
                 if strike:
                     text = f"\x1b[9;31m{text}\x1b[0m"
-            elif tok == self.bkspc_id and strike:
-                text = ''
             pieces.append(text)
         return ''.join(pieces)
 

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import math
 import os
-import pickle
 import shlex
 import signal
 import sys
@@ -29,7 +28,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from batches import ReplayBuffer, RolloutPrompts, TrainBatches, dataset_dir, micro_batches, random_windows
-from model import auto_device, last_saved, load_checkpoint, load_pretrained, model_from_args, save_checkpoint
+from checkpoint import (LOAD_ERRORS, auto_device, last_saved, load_checkpoint, load_pretrained, model_from_args,
+                        save_checkpoint)
 from seqmatch import attention_mask, bc_loss, chunked_soft_values, generate, mle_loss, seqmatch_loss
 from tokenizer import Tokenizer, load_meta
 
@@ -100,10 +100,12 @@ config_keys = [k for k, v in globals().items() if not k.startswith('_') and isin
 exec(open('configurator.py').read())  # overrides from the command line or a config file
 config = {k: globals()[k] for k in config_keys}  # saved in the checkpoint
 # -----------------------------------------------------------------------------
-assert objective in ('mle', 'bc', 'seqmatch'), f"objective must be 'mle', 'bc' or 'seqmatch', not {objective!r}"
-assert noise in ('random', 'ground_truth'), f"noise must be 'random' or 'ground_truth', not {noise!r}"
-if objective == 'seqmatch':
-    assert 0 < prompt_len < block_size, "a rollout needs a prompt and room to generate"
+if objective not in ('mle', 'bc', 'seqmatch'):
+    raise SystemExit(f"objective must be 'mle', 'bc' or 'seqmatch', not {objective!r}")
+if noise not in ('random', 'ground_truth'):
+    raise SystemExit(f"noise must be 'random' or 'ground_truth', not {noise!r}")
+if objective == 'seqmatch' and not 0 < prompt_len < block_size:
+    raise SystemExit(f"prompt_len={prompt_len}: a rollout needs a prompt and room to generate in block_size={block_size}")
 if init_from != 'resume' and not overwrite and os.path.exists(os.path.join(out_dir, 'ckpt.pt')):
     raise SystemExit(f"{out_dir} already holds a checkpoint of an earlier run; nothing was changed. Either continue "
                      f"it with --init_from=resume, or start a new run with another --out_dir=... "
@@ -111,7 +113,10 @@ if init_from != 'resume' and not overwrite and os.path.exists(os.path.join(out_d
 
 # various inits, derived attributes, I/O setup
 ddp = int(os.environ.get('RANK', -1)) != -1  # launched by torchrun?
-device = auto_device(device)
+try:
+    device = auto_device(device)
+except ValueError as e:
+    raise SystemExit(str(e))
 if ddp:
     torch.distributed.init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
     ddp_rank, ddp_local_rank, ddp_world_size = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
@@ -121,21 +126,31 @@ if ddp:
     master_process = ddp_rank == 0  # this process does the logging, checkpointing etc.
 else:
     ddp_rank, ddp_world_size, master_process = 0, 1, True
-print_once = print if master_process else (lambda *a, **k: None)
+
+def say(*args):
+    """print, in the first process only. A stdout that closed under the run (`| tee log`, which the same Ctrl-C ends)
+    stops no save: from then on the output goes nowhere."""
+    if not master_process:
+        return
+    try:
+        print(*args, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
 device_type = 'cuda' if device.startswith('cuda') else device  # for autocast
 if dtype == 'auto':
     dtype = 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
 if dtype != 'float32' and device_type != 'cuda':
-    print_once(f"dtype {dtype} is only used on CUDA here; falling back to float32 on {device_type}")
+    say(f"dtype {dtype} is only used on CUDA here; falling back to float32 on {device_type}")
     dtype = 'float32'
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
 ctx = contextlib.nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
-print_once(f"device {device}, dtype {dtype}, {ddp_world_size} process(es); data tokens per iteration: "
-           f"{tokens_per_iter:,}")
+say(f"device {device}, dtype {dtype}, {ddp_world_size} process(es) of {torch.get_num_threads()} thread(s); data "
+    f"tokens per iteration: {tokens_per_iter:,}")
 if objective == 'seqmatch' and max_iters <= bc_warmup_iters:
-    print_once(f"note: SequenceMatch switches on at bc_warmup_iters={bc_warmup_iters}, and max_iters={max_iters} ends "
-               f"the run before that: this run trains with BC alone")
+    say(f"note: SequenceMatch switches on at bc_warmup_iters={bc_warmup_iters}, and max_iters={max_iters} ends "
+        f"the run before that: this run trains with BC alone")
 torch.manual_seed(seed + ddp_rank)  # each process its own rollouts, replay draws, dropout and evaluation batches
 torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul (a flag: harmless without CUDA)
 torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
@@ -144,7 +159,7 @@ def or_exit(load, *args):
     """load(*args), stopping with one line on what a user can fix: a missing file or package, an unsafe checkpoint."""
     try:
         return load(*args)
-    except (OSError, ImportError, ValueError, pickle.UnpicklingError) as e:  # ValueError: a model that does not fit
+    except LOAD_ERRORS as e:
         raise SystemExit(str(e))
 
 def duration(seconds):
@@ -158,7 +173,8 @@ data_dir = dataset_dir(dataset)
 meta = or_exit(load_meta, data_dir)
 bkspc_id, eos_id = meta['bkspc_id'], meta['eos_id']
 n_actions = bkspc_id + 1  # base vocabulary + <bkspc>; logits above are embedding padding
-assert noise == 'random' or meta.get('task') == 'arithmetic', "noise='ground_truth' exists for arithmetic only"
+if noise == 'ground_truth' and meta.get('task') != 'arithmetic':
+    raise SystemExit("noise='ground_truth' exists for the arithmetic task only")
 train_batches = TrainBatches(data_dir, objective, batch_size, block_size, gradient_accumulation_steps, seed, ddp_rank,
                              p_noise, noise, meta)
 if objective == 'seqmatch':
@@ -173,7 +189,7 @@ iter_num, best_val_loss, elapsed_before = 0, 1e9, 0.0  # elapsed_before: seconds
 saved_iter = checkpoint = None  # saved_iter: the iteration that ckpt_path holds, once this run has one
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 if init_from == 'scratch':
-    print_once("initializing a new model from scratch")
+    say("initializing a new model from scratch")
     model = model_from_args(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                                  vocab_size=meta['vocab_size'], dropout=dropout))
 elif init_from == 'resume':
@@ -186,9 +202,9 @@ elif init_from == 'resume':
     model.load_state_dict(checkpoint['model'])
     iter_num = saved_iter = checkpoint['iter_num']
     best_val_loss, elapsed_before = checkpoint['best_val_loss'], checkpoint.get('elapsed_s', 0.0)
-    print_once(f"resuming training from {ckpt_path} at iter {iter_num}, {duration(elapsed_before)} elapsed before")
+    say(f"resuming training from {ckpt_path} at iter {iter_num}, {duration(elapsed_before)} elapsed before")
 else:  # fine-tune GPT-2, a Hugging Face model, or another run's checkpoint (e.g. SequenceMatch after MLE)
-    print_once(f"fine-tuning the weights of {init_from}")
+    say(f"fine-tuning the weights of {init_from}")
     model = or_exit(load_pretrained, init_from, meta, config)
 assert model.config.vocab_size >= n_actions, "the model has no row for <bkspc>"
 assert block_size <= model.config.block_size, f"block_size {block_size} > the model's {model.config.block_size}"
@@ -206,15 +222,15 @@ if checkpoint is not None:
         if state['cuda_rng'] is not None and device_type == 'cuda':
             torch.cuda.set_rng_state(state['cuda_rng'])
     else:
-        print_once(f"resuming with {ddp_world_size} process(es) instead of {len(checkpoint['processes'])}: "
-                   f"new random streams for the rollouts, the first process's replay buffer")
+        say(f"resuming with {ddp_world_size} process(es) instead of {len(checkpoint['processes'])}: "
+            f"new random streams for the rollouts, the first process's replay buffer")
         state = checkpoint['processes'][0]
     replay.load_state_dict(state['replay'])
 checkpoint = None  # free up memory
 
 raw_model = model
 if compile:
-    print_once("compiling the model... (takes a ~minute)")
+    say("compiling the model... (takes a ~minute)")
     model = torch.compile(model)
 if ddp:
     model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
@@ -308,7 +324,7 @@ def checkpoint_now():
         except OSError as e:
             raise SystemExit(f"stopping: saving the checkpoint of iter {iter_num} to {ckpt_path}.tmp failed ({e}); "
                              f"{last_good()}")
-        print(f"saved checkpoint to {ckpt_path}")
+        say(f"saved checkpoint to {ckpt_path}")
     saved_iter = iter_num
 
 log_path = os.path.join(out_dir, 'log.jsonl')  # every logged number, one JSON object a line (plot.py reads it)
@@ -338,15 +354,17 @@ def on_ctrl_c(signum, frame):
     ctrl_c = True
     signal.signal(signal.SIGINT, signal.default_int_handler)
     when = 'at the next log line, where the processes agree on it' if ddp else 'after this iteration'
-    print_once(f"Ctrl-C: saving a checkpoint {when}; Ctrl-C again to stop at once, unsaved", flush=True)
+    say(f"Ctrl-C: saving a checkpoint {when}; Ctrl-C again to stop at once, unsaved")
 
 def eta(t):
-    """Seconds left at the average speed of the current phase (evaluations and sampling included); in the BC warm-up a
-    SequenceMatch iteration counts as 1.8 BC ones, as bench.py measures at the main job's sizes (the main job, too)."""
-    left = max_iters - iter_num
-    if objective == 'seqmatch' and iter_num <= bc_warmup_iters:
-        left += max(max_iters - bc_warmup_iters, 0) * (1.8 - 1)
-    return (t - phase_start[0]) / max(iter_num - phase_start[1], 1) * left
+    """Seconds left in the current phase at its average speed so far (later evaluations and sampling included, the
+    evaluation before its first iteration not). The BC warm-up of a SequenceMatch run is a phase of its own: how long
+    an iteration of SequenceMatch takes is known only once it runs."""
+    end = bc_warmup_iters if in_warmup() else max_iters
+    return (t - phase_start[0]) / max(iter_num - phase_start[1], 1) * (end - iter_num)
+
+def in_warmup():
+    return objective == 'seqmatch' and iter_num <= bc_warmup_iters < max_iters
 
 # training loop
 batches = micro_batches(train_batches, iter_num * gradient_accumulation_steps, max_iters * gradient_accumulation_steps,
@@ -354,7 +372,10 @@ batches = micro_batches(train_batches, iter_num * gradient_accumulation_steps, m
 ctrl_c = stop = False  # Ctrl-C pressed in this process; all processes agreed to stop
 signal.signal(signal.SIGINT, on_ctrl_c)  # under torchrun, each process gets the Ctrl-C as a SIGINT of its own
 t0 = t_start = time.time()
-phase_start = (t_start, iter_num)  # (time, iteration) where the current phase began in this process, for the ETA
+# the thread count with the run: runs that differ in it differ in the last digits, which rollouts amplify
+log_row({'iter': iter_num, 'event': 'start', 'device': device, 'processes': ddp_world_size,
+         'threads': torch.get_num_threads()})
+phase_start = None  # (time, iteration) where the current phase's training began in this process, for the ETA
 rollout_time = 0.0  # seconds spent sampling since the last log
 while True:
     lr = get_lr(iter_num) if decay_lr else learning_rate
@@ -364,7 +385,7 @@ while True:
     resumed_here = iter_num == saved_iter and not eval_only  # a resumed run was evaluated before its stop
     if (iter_num % eval_interval == 0 or iter_num == max_iters or eval_only) and not resumed_here:
         losses = or_exit(estimate_loss)  # a val split shorter than a block stops in one line
-        print_once(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        say(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         log_row({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val']})
         if any_process(not all(map(math.isfinite, losses.values())))[0]:
             raise SystemExit(f"stopping: the evaluation loss is not finite at iteration {iter_num}; {last_good()}")
@@ -376,14 +397,15 @@ while True:
     if stop:  # after a Ctrl-C; here, after the evaluation that may be due, so that resuming is exact
         if saved_iter != iter_num:
             checkpoint_now()
-        print_once(f"interrupted at iter {iter_num}, saved; continue with: {resume_command()}")
+        say(f"interrupted at iter {iter_num}, saved; continue with: {resume_command()}")
         break
 
+    phase_start = phase_start or (time.time(), iter_num)  # after the evaluation that a run starts with
     use_sm = objective == 'seqmatch' and iter_num >= bc_warmup_iters
     if use_sm and iter_num == bc_warmup_iters:  # said, so that nobody reads the jump in the loss as divergence
-        print_once(f"iter {iter_num}: SequenceMatch switches on: the loss now includes the SequenceMatch terms "
-                   f"({sm_weight} * L_SM + {1 - sm_weight:g} * L_BC), so it jumps, and the log gains expert, value, "
-                   f"chi2, reward_data, reward_model and bkspc rate; the val loss stays comparable")
+        say(f"iter {iter_num}: SequenceMatch switches on: the loss now includes the SequenceMatch terms "
+            f"({sm_weight} * L_SM + {1 - sm_weight:g} * L_BC), so it jumps, and the log gains expert, value, "
+            f"chi2, reward_data, reward_model and bkspc rate; the val loss stays comparable")
         phase_start = (time.time(), iter_num)
         log_row({'iter': iter_num, 'event': 'seqmatch_on', 'elapsed_s': elapsed_before + phase_start[0] - t_start})
     # refresh on schedule, and whenever the buffer is empty (as after a resume with a new bc_warmup_iters)
@@ -422,13 +444,14 @@ while True:
         rollout_time = 0.0
         log_row(row)
         shown = {'ms_per_iter': '{:.1f} ms/iter', 'sampling_ms': 'sampling {:.1f} ms', 'elapsed_s': '{} elapsed',
-                 'data_tok_per_s': '{:,.0f} data tok/s', 'bkspc_rate': 'bkspc rate {:.3f}', 'eta_s': 'ETA {}'}
-        print(f"iter {iter_num}: " + ', '.join(shown.get(k, k + ' {:.4f}').format(
+                 'data_tok_per_s': '{:,.0f} data tok/s', 'bkspc_rate': 'bkspc rate {:.3f}',
+                 'eta_s': 'ETA {} to the switch-on' if in_warmup() else 'ETA {}'}
+        say(f"iter {iter_num}: " + ', '.join(shown.get(k, k + ' {:.4f}').format(
             duration(v) if k in ('elapsed_s', 'eta_s') else v) for k, v in row.items() if k != 'iter'))
 
 if master_process and not eval_only and not stop:
-    print(f"done in {duration(elapsed_before + time.time() - t_start)}: best val loss {best_val_loss:.4f}; "
-          f"checkpoint in {ckpt_path}")
+    say(f"done in {duration(elapsed_before + time.time() - t_start)}: best val loss {best_val_loss:.4f}; "
+        f"checkpoint in {ckpt_path}")
 if ddp:
     torch.distributed.barrier()  # no process tears down gloo while another is still talking to it
     torch.distributed.destroy_process_group()

@@ -14,7 +14,8 @@ OFFLINE_DATA = os.environ.get('SEQMATCH_OFFLINE_DATA')
 if OFFLINE_DATA and 'TIKTOKEN_CACHE_DIR' not in os.environ:
     os.environ['TIKTOKEN_CACHE_DIR'] = os.path.abspath(os.path.join(OFFLINE_DATA, 'tiktoken_cache'))
 
-from model import GPT, GPTConfig, load_checkpoint  # noqa: E402
+from checkpoint import load_checkpoint  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 # settings that make train.py take a second or two: the end-to-end tests add theirs after these
 TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4', '--eval_iters=2',

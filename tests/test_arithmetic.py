@@ -1,4 +1,4 @@
-"""The arithmetic task: the generator, its ground-truth noise, and eval.py on a tiny checkpoint."""
+"""The arithmetic task: the generator, its ground-truth noise, and eval_arithmetic.py on a tiny checkpoint."""
 import math
 import pickle
 import re
@@ -78,7 +78,7 @@ def test_ground_truth_noise_is_a_wrong_digit_of_the_base(arithmetic):
 
 
 def test_pretrain_then_three_arms_then_eval(arithmetic, tmp_path):
-    """The README's comparison on tiny settings: one pretrained model, each arm fine-tunes it, eval.py
+    """The README's comparison on tiny settings: one pretrained model, each arm fine-tunes it, eval_arithmetic.py
     prints one row per arm."""
     out, _ = arithmetic
     tiny = [f'--dataset={out}', *TINY, '--block_size=80', '--eval_interval=4']
@@ -89,7 +89,7 @@ def test_pretrain_then_three_arms_then_eval(arithmetic, tmp_path):
         result = run('train.py', f'config/arithmetic_{arm}.py', f'--init_from={pretrained}/ckpt.pt',
                      f'--out_dir={run_dir}', '--max_iters=8', '--bc_warmup_iters=4', '--prompt_len=50', *tiny)
         assert f'fine-tuning the weights of {pretrained}/ckpt.pt' in result.stdout
-    result = run('eval.py', f'--out_dirs={",".join(map(str, arms.values()))}', '--split=test')
+    result = run('eval_arithmetic.py', f'--out_dirs={",".join(map(str, arms.values()))}', '--split=test')
     assert '| checkpoint | greedy | sampled (T=1.0) | right with a <bkspc> |' in result.stdout
     for arm, run_dir in arms.items():
         row = next(line for line in result.stdout.splitlines() if line.startswith(f'| {run_dir} ({arm}) | '))

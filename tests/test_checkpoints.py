@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, checkpoint, run
-from model import load_checkpoint, load_model
+from checkpoint import load_checkpoint, load_model
 
 
 class Payload:

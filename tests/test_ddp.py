@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, checkpoint, run
-from model import load_checkpoint
+from checkpoint import load_checkpoint
 
 EACH_RANK_SAVES = """
 import os, runpy, sys

@@ -11,7 +11,8 @@ import torch
 
 import textmetrics
 from batches import random_windows, token_file, windows
-from conftest import ROOT, TINY, run
+from checkpoint import save_checkpoint
+from conftest import ROOT, TINY, checkpoint, run
 
 
 def test_diversity_and_ngram_entropy_by_hand():
@@ -64,6 +65,10 @@ def test_featurizers_read_a_batch_as_each_text_alone(char_model, tmp_path):
             assert torch.allclose(torch.from_numpy(features[k]), torch.from_numpy(f[0]), atol=1e-5), name
         assert nll == pytest.approx(sum(a[1] for a in alone), rel=1e-5), name
         assert math.isfinite(textmetrics.perplexity(nll, n_tokens))
+        features, nll, n_tokens = featurizer.read(['', ''], 'only empty texts')  # every continuation ended at once
+        assert len(features) == 0 and n_tokens == 0, name
+    with pytest.raises(textmetrics.UnreadableTextError, match="'€'"):  # not in the char-level vocabulary
+        textmetrics.load_featurizer(os.path.join(char_model, 'ckpt.pt'), 'cpu').read(['price: 5€'], 'test')
 
 
 def test_mauve_tells_held_out_text_from_random_tokens(char_model):
@@ -123,10 +128,19 @@ def test_eval_prints_the_text_table_with_the_new_columns(char_model, tmp_path):
 
 
 def test_eval_stops_in_one_line_before_any_sampling(char_model, tmp_path):
-    """An unloadable featurizer (gpt2-large offline) and continuations longer than the block: one line, and nothing
-    sampled."""
+    """An unloadable featurizer (gpt2-large offline), continuations longer than the block, a run of another dataset
+    after the first, an arithmetic run: one line, and nothing sampled."""
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HOME=str(tmp_path / 'empty_hf_home'))
-    for args, start in ((['--mauve=True'], '--featurizer=gpt2-large cannot be loaded'),
+    other_dataset, arithmetic = checkpoint(char_model), checkpoint(char_model)
+    other_dataset['config']['dataset'] = 'shakespeare'
+    arithmetic['meta']['task'] = 'arithmetic'
+    for name, ckpt in (('other_dataset', other_dataset), ('arithmetic', arithmetic)):
+        os.makedirs(tmp_path / name)
+        save_checkpoint(ckpt, str(tmp_path / name / 'ckpt.pt'))
+    for args, start in ((['--out_dirs=' + char_model + ',' + str(tmp_path / 'other_dataset')],
+                         'one table compares runs of one dataset'),
+                        (['--out_dirs=' + str(tmp_path / 'arithmetic')], f'{tmp_path / "arithmetic"} is an arithmetic run'),
+                        (['--mauve=True'], '--featurizer=gpt2-large cannot be loaded'),
                         (['--max_new_tokens=64'], 'prompt_len + max_new_tokens = 16 + 64 does not fit the block size 64'),
                         (['--json_path=nowhere/table.json'], '--json_path=nowhere/table.json: there is no folder nowhere')):
         result = subprocess.run([sys.executable, 'eval.py', f'--out_dirs={char_model}', *args], cwd=ROOT, env=env,

@@ -131,7 +131,7 @@ MISTAKES = {
     'generate recomputes each state from scratch': (
         'generate',
         "logits = model(stacks.input_ids[:, j:j + 1], position_ids=stacks.position_ids[:, j:j + 1],\n"
-        "                       attn_mask=stacks.attends(j)[:, None, :S], kv_cache=kv_cache)",
+        "                       attn_mask=stacks.attends(j)[:, None, :S], kv_cache=kv_cache, cache_pos=j)",
         "logits = torch.stack([model(stacks.input_ids[b, stacks.stack[b, :stacks.depth[b]]][None])[0, -1:]\n"
         "                              for b in range(B)])",
         "each step after the prompt feeds only the newest token"),
@@ -139,8 +139,8 @@ MISTAKES = {
         'Stacks.push', "self.position_ids[:, j] = slot", "self.position_ids[:, j] = depth",
         "the index of the state's last token in the state's text"),
     'KVCache.update writes every call at the start': (
-        'KVCache.update', "self.kv[layer, 0, :, :, self.length:self.length + T] = k\n"
-                          "        self.kv[layer, 1, :, :, self.length:self.length + T] = v",
+        'KVCache.update', "self.kv[layer, 0, :, :, cache_pos:cache_pos + T] = k\n"
+                          "        self.kv[layer, 1, :, :, cache_pos:cache_pos + T] = v",
         "self.kv[layer, 0, :, :, :T] = k\n        self.kv[layer, 1, :, :, :T] = v",
         "3 tokens per call: row 0, position 3: the logits differ"),
 }

@@ -1,5 +1,6 @@
 """The GPT with position ids, an attention mask and a KV cache. Tests named kv_cache grade KVCache.update
 (the rollout tests of test_seqmatch.py use the cache too, see exercise.py)."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -33,11 +34,9 @@ def test_kv_cache_one_token_at_a_time_equals_full_forward(tiny_model):
     idx = torch.randint(0, 20, (2, 12))
     full = model(idx)
     cache = KVCache(model.config, batch_size=2, max_len=12)
-    first = model(idx[:, :5], kv_cache=cache)  # a prompt, then one token per step
-    steps = [model(idx[:, t:t + 1], kv_cache=cache) for t in range(5, 12)]
-    incremental = torch.cat([first] + steps, dim=1)
-    assert cache.length == 12
-    assert_same_logits(incremental, full, "one token per step after a prompt of 5")
+    first = model(idx[:, :5], kv_cache=cache, cache_pos=0)  # a prompt, then one token per step
+    steps = [model(idx[:, t:t + 1], kv_cache=cache, cache_pos=t) for t in range(5, 12)]
+    assert_same_logits(torch.cat([first] + steps, dim=1), full, "one token per step after a prompt of 5")
 
 
 def test_kv_cache_several_tokens_per_call_equals_full_forward(tiny_model):
@@ -46,31 +45,41 @@ def test_kv_cache_several_tokens_per_call_equals_full_forward(tiny_model):
     idx = torch.randint(0, 20, (2, 12))
     full = model(idx)
     cache = KVCache(model.config, batch_size=2, max_len=12)
-    chunks = [model(idx[:, t:t + 3], kv_cache=cache) for t in range(0, 12, 3)]
-    assert cache.length == 12
+    chunks = [model(idx[:, t:t + 3], kv_cache=cache, cache_pos=t) for t in range(0, 12, 3)]
     assert_same_logits(torch.cat(chunks, dim=1), full, "3 tokens per call")
+
+
+def test_kv_cache_rewriting_a_column_replaces_it(tiny_model):
+    """A call writes exactly the columns it is given: writing column 5 again with another token gives the logits of
+    the row with that token, as a fresh forward does (nothing is appended behind the caller's back)."""
+    model = tiny_model()
+    idx = torch.randint(0, 20, (2, 8))
+    other = idx.clone()
+    other[:, 5] = (idx[:, 5] + 1) % 20
+    cache = KVCache(model.config, batch_size=2, max_len=8)
+    model(idx[:, :6], kv_cache=cache, cache_pos=0)
+    again = [model(other[:, t:t + 1], kv_cache=cache, cache_pos=t) for t in range(5, 8)]
+    assert_same_logits(torch.cat(again, dim=1), model(other)[:, 5:], "column 5 written twice")
 
 
 def test_position_beyond_block_size_is_refused(tiny_model):
     model = tiny_model(block_size=8)
-    try:
+    with pytest.raises(AssertionError, match='block_size'):
         model(torch.zeros(1, 9, dtype=torch.long))
-    except AssertionError as e:
-        assert 'block_size' in str(e)
-    else:
-        raise AssertionError("a row longer than block_size must be refused")
 
 
-def test_kv_cache_attending_over_the_whole_cache_as_on_a_gpu_equals_full_forward(tiny_model, monkeypatch):
-    """On a GPU every call attends over the whole preallocated cache (same shapes each step); the causal mask
-    keeps each query off the positions not written yet. Forced here on the CPU."""
-    monkeypatch.setattr(KVCache, 'key_length', lambda self, T, device: self.shape[4])
+def test_kv_cache_attending_over_the_whole_cache_as_on_a_gpu_equals_full_forward(tiny_model):
+    """On a GPU every step attends over the whole preallocated cache (KVCache.key_length: the same shapes each step);
+    the mask keeps each query off the columns not written yet. Asked for here on the CPU."""
     model = tiny_model()
     idx = torch.randint(0, 20, (2, 12))
     full = model(idx)
     cache = KVCache(model.config, batch_size=2, max_len=12)
-    first = model(idx[:, :5], kv_cache=cache)
-    steps = [model(idx[:, t:t + 1], kv_cache=cache) for t in range(5, 12)]
+    assert cache.key_length(6, torch.device('cuda')) == 12 and cache.key_length(6, torch.device('cpu')) == 6
+    first = model(idx[:, :5], kv_cache=cache, cache_pos=0)
+    causal = torch.ones(12, 12, dtype=torch.bool).tril()  # (T, S): row t may attend to columns <= t
+    steps = [model(idx[:, t:t + 1], attn_mask=causal[t].expand(2, 1, 12), kv_cache=cache, cache_pos=t)
+             for t in range(5, 12)]
     assert_same_logits(torch.cat([first] + steps, dim=1), full, "one token per step, attending over the whole cache")
 
 

@@ -1,5 +1,7 @@
-"""sample.py: how --show_edits writes what was typed, and a GPT-2 BPE run without GPT-2's BPE files."""
+"""sample.py: how --show_edits writes what was typed, bad settings, and a GPT-2 BPE run without GPT-2's BPE files."""
 import pickle
+
+import torch
 
 import numpy as np
 
@@ -24,6 +26,31 @@ def test_show_edits_writes_each_bkspc_where_it_was_typed():
         assert tokenizer.typed_text(actions(typed), deleted, strike=False) == shown
     struck = tokenizer.typed_text(actions('well-⌫ made'), [4], strike=True)  # on a terminal: struck through, no ⌫
     assert struck == 'well\x1b[9;31m-\x1b[0m made'
+
+
+def test_show_edits_writes_characters_that_span_several_bpe_tokens(gpt2_bpe):
+    """A byte-level BPE splits some characters over tokens, which decode to '�' one at a time: as typed, each run of
+    kept or deleted tokens is decoded at once."""
+    tokenizer = Tokenizer({'tokenizer': 'gpt2', 'bkspc_id': 50257, 'eos_id': 50256})
+    kept, deleted = tokenizer.encode('well 😀 met'), tokenizer.encode(' 🎩')
+    assert len(tokenizer.encode('😀')) > 1, "the test needs a character of several tokens"
+    typed = kept[:2] + deleted + [50257] * len(deleted) + kept[2:]
+    shown = tokenizer.typed_text(typed, list(range(2, 2 + len(deleted))), strike=False)
+    assert shown == tokenizer.decode(kept[:2]) + ' 🎩' + '⌫' * len(deleted) + tokenizer.decode(kept[2:]), shown
+    assert '�' not in shown
+
+
+def test_bad_settings_stop_sample_in_one_line(char_model, tmp_path):
+    cases = [(['--temperature=-1'], ['temperature=-1', '>= 0']), (['--top_k=-5'], ['top_k=-5', '>= 0']),
+             ([f'--start=FILE:{tmp_path}/missing.txt'], ['missing.txt']), (['--start=price: 5€'], ["'€'"]),
+             ([f'--out_dir={tmp_path}/no_run'], ['no checkpoint at'])]
+    if not torch.cuda.is_available():
+        cases.append((['--device=cuda'], ['no CUDA device']))
+    for args, facts in cases:
+        result = run('sample.py', f'--out_dir={char_model}', '--max_new_tokens=4', *args, check=False)
+        assert result.returncode != 0, args
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and all(fact in lines[0] for fact in facts), (args, result.stderr)
 
 
 def test_bpe_run_without_the_bpe_files_is_a_one_line_error(tmp_path, monkeypatch):

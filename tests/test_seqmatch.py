@@ -225,11 +225,11 @@ class BiasedGPT(GPT):
         self.bias = torch.zeros(config.vocab_size)
         self.bias[BK], self.bias[0], self.bias[BK + 1:] = bkspc_bias, eos_bias, padding_bias
         self.seen = []  # the last logits of each call: the policy of each step
-        self.fed = []  # (tokens fed, positions already in the KV cache or None) of each call
+        self.fed = []  # (tokens fed, the cache column they are written at, or None without a cache) of each call
 
-    def forward(self, idx, position_ids=None, attn_mask=None, kv_cache=None):
-        self.fed.append((idx.size(1), kv_cache.length if kv_cache is not None else None))
-        logits = super().forward(idx, position_ids, attn_mask, kv_cache)
+    def forward(self, idx, position_ids=None, attn_mask=None, kv_cache=None, cache_pos=0):
+        self.fed.append((idx.size(1), cache_pos if kv_cache is not None else None))
+        logits = super().forward(idx, position_ids, attn_mask, kv_cache, cache_pos)
         logits = logits + self.bias
         self.seen.append(logits[:, -1])
         return logits
@@ -265,7 +265,7 @@ def test_rollouts_attending_over_the_whole_cache_as_on_a_gpu_are_the_same(tiny_m
     prompt = torch.randint(1, BK, (6, 4))
     torch.manual_seed(3)
     want = generate(model, prompt, 30, BK, eos_id=0)
-    monkeypatch.setattr(KVCache, 'key_length', lambda self, T, device: self.shape[4])
+    monkeypatch.setattr(KVCache, 'key_length', lambda self, n, device: self.shape[4])
     torch.manual_seed(3)
     got = generate(model, prompt, 30, BK, eos_id=0)
     for name, g, w in zip(('tokens', 'valid'), got[:2], want[:2]):
@@ -290,11 +290,12 @@ def test_rollout_feeds_one_token_per_step_through_the_cache(tiny_model):
     model = BiasedGPT(tiny_model().config, bkspc_bias=2.5).eval()
     prompt = torch.randint(0, BK, (3, 4))
     generate(model, prompt, 12, BK)
-    assert model.fed[0] == (4, 0), f"the first call should feed the prompt (4 tokens) into an empty KV cache, got {model.fed[0]}"
-    for t, (n_fed, cached) in enumerate(model.fed[1:], start=1):
-        assert (n_fed, cached) == (1, 4 + t - 1), (
-            f"call {t} fed {n_fed} tokens with {cached} positions in the KV cache: each step after the prompt "
-            f"feeds only the newest token (1) and reuses the cache of all {4 + t - 1} before it")
+    assert model.fed[0] == (4, 0), (f"the first call should write the prompt (4 tokens) at column 0 of the KV cache, "
+                                    f"got (tokens, cache_pos) = {model.fed[0]}")
+    for t, (n_fed, column) in enumerate(model.fed[1:], start=1):
+        assert (n_fed, column) == (1, 4 + t - 1), (
+            f"call {t} fed {n_fed} tokens at cache_pos {column}: each step after the prompt feeds only the newest "
+            f"token (1), written at its own column ({4 + t - 1}), and reuses the cache of the columns before it")
     assert len(model.fed) >= 12, f"{len(model.fed)} forward calls for 12 new tokens"
 
 

@@ -4,7 +4,7 @@ dataset), generated here with no download. One problem per line, character-level
     In base 7, what is 23 - 14? 6
 The newline after the answer is the end-of-sequence token. Seeded; the train, validation and test
 problems are disjoint. Writes train.bin / val.bin (the train and validation problems as text),
-val.txt, test.txt and unseen.txt (question<TAB>answer, for eval.py; unseen = every other question the
+val.txt, test.txt and unseen.txt (question<TAB>answer, for eval_arithmetic.py; unseen = every other question the
 generator can ask) and meta.pkl.
 $ python data/arithmetic/prepare.py [--n_train=5000] [--max_value=20] [--seed=0]
 Expected output with the defaults:
