@@ -52,6 +52,17 @@ def random_windows(data_dir, split, n_rows, length, generator=None):
     return windows(data_dir, split, torch.randint(n_tokens - length, (n_rows,), generator=generator), length)
 
 
+def suffix_ends(data, suffix, chunk=1 << 24):
+    """(k,) int64: the index right after each occurrence of the token ids suffix in data, found a chunk of tokens at a
+    time, so that a token file of billions never becomes a boolean array of its size."""
+    n, ends = len(suffix), []
+    for start in range(0, len(data) - n + 1, chunk):
+        window = np.asarray(data[start:start + chunk + n - 1])  # the occurrences that start in this chunk
+        hits = np.lib.stride_tricks.sliding_window_view(window, n) == suffix  # (len(window) - n + 1, n)
+        ends.append(np.flatnonzero(hits.all(axis=1)) + start + n)
+    return np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
+
+
 class RolloutPrompts:
     """Prompts for rollouts: windows of prompt_len tokens of the training data, ending anywhere, or right after
     each occurrence of the token ids suffix (the end of a question, say) if one is given."""
@@ -59,9 +70,7 @@ class RolloutPrompts:
     def __init__(self, data_dir, prompt_len, suffix=()):
         self.data_dir, self.prompt_len, self.ends = data_dir, prompt_len, None
         if suffix:
-            data = token_file(data_dir, 'train')
-            hits = np.lib.stride_tricks.sliding_window_view(data, len(suffix)) == suffix  # (n - len(suffix) + 1, len)
-            ends = np.flatnonzero(hits.all(axis=1)) + len(suffix)
+            ends = suffix_ends(token_file(data_dir, 'train'), suffix)
             self.ends = torch.from_numpy(ends[ends >= prompt_len])
             assert len(self.ends) > 0, f"the prompt suffix {suffix} never occurs in the training data"
 

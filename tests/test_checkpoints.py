@@ -157,6 +157,26 @@ def test_ctrl_c_saves_and_the_run_continues_exactly(shakespeare_char, tmp_path, 
     assert b['elapsed_s'] > saved['elapsed_s']  # the clock went on from the stop, not from zero
 
 
+def test_ctrl_c_saves_when_the_pipe_to_tee_closed_first(shakespeare_char, tmp_path):
+    """`python train.py ... | tee log`, then Ctrl-C in the terminal: the same SIGINT ends tee, so stdout is a pipe
+    with no reader when the run tries to say that it saves. It saves all the same, and exits as after a Ctrl-C."""
+    out = tmp_path / 'teed'
+    proc = subprocess.Popen([sys.executable, 'train.py', 'config/shakespeare_seqmatch.py', '--eval_interval=1000',
+                             *TINY, f'--out_dir={out}', '--max_iters=100000'], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith('iter 5:'):
+                proc.stdout.close()  # tee is gone
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and 'Traceback' not in err and 'BrokenPipe' not in err, err
+    assert checkpoint(out)['iter_num'] >= 5
+
+
 def test_older_checkpoints_resume_or_say_why_not(shakespeare_char, tmp_path):
     run('train.py', f'--out_dir={tmp_path / "now"}', '--objective=bc', '--max_iters=4', '--eval_interval=4', *TINY)
     now = checkpoint(tmp_path / 'now')

@@ -3,6 +3,8 @@ on them; --help; a file it cannot prepare."""
 import os
 import pickle
 import random
+import subprocess
+import sys
 
 import numpy as np
 
@@ -106,3 +108,13 @@ def test_a_file_it_cannot_prepare_is_a_one_line_error(tmp_path):
         result = run(PREPARE, f'--input={path}', f'--out_dir={tmp_path / "never"}', check=False)
         assert result.returncode != 0 and result.stderr.strip() == message, result.stderr
         assert not (tmp_path / 'never').exists()
+
+
+def test_prepare_help_needs_no_network(tmp_path):
+    """--help answers before anything is downloaded or built (an empty tiktoken cache, every download refused)."""
+    env = dict(os.environ, TIKTOKEN_CACHE_DIR=str(tmp_path), HTTPS_PROXY='http://127.0.0.1:9',
+               https_proxy='http://127.0.0.1:9', NO_PROXY='', no_proxy='')
+    for script in ('data/shakespeare/prepare.py', 'data/shakespeare_char/prepare.py', 'data/openwebtext/prepare.py'):
+        result = subprocess.run([sys.executable, script, '--help'], cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0 and 'usage:' in result.stdout, (script, result.stderr)

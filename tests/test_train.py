@@ -6,10 +6,11 @@ import os
 import pickle
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
-from batches import TrainBatches
+from batches import TrainBatches, suffix_ends
 from conftest import ROOT, TINY, checkpoint, run
 from checkpoint import load_model
 from seqmatch import attention_mask
@@ -232,3 +233,13 @@ def test_the_logged_bc_loss_is_its_definition_on_the_data_rows(shakespeare_char,
                 "count the expert transitions only: the rollout rows in the batch (after the switch-on) are not")
         assert abs(r['bc'] - want) < 1e-4, (f"iter {r['iter']}: train.py logged bc {r['bc']:.6f}, but the cross-entropy "
                                             f"of the expert's actions on the data rows is {want:.6f}: {hint}")
+
+
+def test_prompt_suffix_is_found_across_chunk_boundaries():
+    """suffix_ends reads the token file a chunk at a time: every occurrence, one that straddles two chunks included,
+    and no other, as a scan of every position finds them."""
+    data = np.array([3, 1, 2, 1, 2, 2, 1, 2, 1, 1, 2], dtype=np.uint16)
+    want = [j + 2 for j in range(len(data) - 1) if list(data[j:j + 2]) == [1, 2]]
+    for chunk in (1, 2, 3, 4, 100):
+        assert suffix_ends(data, [1, 2], chunk).tolist() == want, chunk
+    assert suffix_ends(data[:1], [1, 2]).tolist() == []

@@ -8,6 +8,7 @@ Expected output:
 <bkspc> is id 50257, right after GPT-2's vocabulary, inside the padded model vocabulary of 50304;
 <|endoftext|> (50256) is the end-of-sequence token.
 """
+import argparse
 import os
 import pickle
 import sys
@@ -17,6 +18,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
 from tokenizer import BPEUnavailableError, gpt2_encoding  # noqa: E402
+
+argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
 
 URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 here = os.path.dirname(os.path.abspath(__file__))
