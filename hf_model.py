@@ -21,7 +21,7 @@ except ImportError as e:
                       "pip install -r requirements-extra.txt") from e
 
 from model import LanguageModel
-from tokenizer import BKSPC, hf_meta, load_hf_tokenizer
+from tokenizer import BKSPC, hf_from_pretrained, hf_meta, load_hf_tokenizer
 
 EXACT_ATTENTION = ('sdpa', 'eager')  # the attention implementations that take the backspace mask exactly
 
@@ -62,7 +62,7 @@ class HFModel(LanguageModel):
             raise ValueError(f"attn_implementation={config.attn_implementation!r} cannot take SequenceMatch's "
                              f"backspace mask exactly; use one of {', '.join(EXACT_ATTENTION)}")
         tokenizer = load_hf_tokenizer(name)
-        hf_config = transformers.AutoConfig.from_pretrained(name)
+        hf_config = hf_from_pretrained(transformers.AutoConfig, name)
         if type(hf_config) not in transformers.MODEL_FOR_CAUSAL_LM_MAPPING:
             raise ValueError(f"{name} is a {hf_config.model_type} model, not a causal language model "
                              f"(AutoModelForCausalLM cannot load it)")
@@ -76,8 +76,8 @@ class HFModel(LanguageModel):
                              f"leaves out: use a block_size of at most {window}")
         bkspc_id = hf_meta(tokenizer, name)['bkspc_id']
         # float32 weights, as model.py's GPT: train.py's autocast computes in bf16 where it can
-        lm = transformers.AutoModelForCausalLM.from_pretrained(name, config=hf_config, dtype=torch.float32,
-                                                               attn_implementation=config.attn_implementation)
+        lm = hf_from_pretrained(transformers.AutoModelForCausalLM, name, config=hf_config, dtype=torch.float32,
+                                attn_implementation=config.attn_implementation)
         if BKSPC not in tokenizer.get_vocab():  # a new token (an exported run's tokenizer has it, trained)
             if lm.get_input_embeddings().weight.size(0) <= bkspc_id:  # no padding row to take it
                 lm.resize_token_embeddings(bkspc_id + 1, pad_to_multiple_of=64, mean_resizing=False)

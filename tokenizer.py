@@ -2,11 +2,12 @@
 Text <-> token ids for a prepared dataset, from the meta.pkl its prepare.py wrote:
   char-level: {'tokenizer': 'char', 'stoi', 'itos', 'vocab_size', 'bkspc_id', 'eos_id'}
   GPT-2 BPE:  {'tokenizer': 'gpt2', 'vocab_size': 50304, 'bkspc_id': 50257, 'eos_id': 50256}
-  a Hugging Face model's tokenizer: {'tokenizer': 'hf:<model id or local directory>', 'tokenizer_hash', 'vocab_size',
-              'bkspc_id', 'eos_id', 'token_dtype'} (hf_meta)
+  a Hugging Face model's tokenizer: {'tokenizer': 'hf:<model id, local directory or .gguf file>',
+              'tokenizer_hash', 'vocab_size', 'bkspc_id', 'eos_id', 'token_dtype'} (hf_meta)
 <bkspc> is always the id right after the base vocabulary.
 """
 import hashlib
+import importlib.util
 import itertools
 import json
 import os
@@ -32,16 +33,62 @@ def load_meta(data_dir):
 BKSPC = '<bkspc>'  # the token's text in a Hugging Face tokenizer (hf_model.py's export adds it)
 
 
+def hf_from_pretrained(auto_class, name, **kwargs):
+    """auto_class.from_pretrained(...) (AutoTokenizer, AutoConfig or AutoModelForCausalLM) of the Hugging Face model
+    name: a hub id, a local directory, or a local .gguf file (llama.cpp's format), whose weights load dequantized to
+    float32 (a plain model, which trains and saves as one). Raises ImportError without the gguf package, ValueError in
+    one line for a folder that holds GGUF files but no Hugging Face model, and for a file that is not a GGUF, is
+    truncated, or holds a model transformers cannot read from GGUF; else what from_pretrained raises."""
+    if os.path.isdir(name) and not os.path.exists(os.path.join(name, 'config.json')):
+        ggufs = sorted(f for f in os.listdir(name) if f.endswith('.gguf'))
+        if ggufs:  # transformers would ask for sentencepiece or tiktoken
+            raise ValueError(f"{name} holds no Hugging Face model (no config.json), but GGUF files: name one, "
+                             f"hf:{os.path.join(name, ggufs[0])}")
+    if not os.path.isfile(name):
+        return auto_class.from_pretrained(name, **kwargs)
+    with open(name, 'rb') as f:
+        if f.read(4) != b'GGUF':
+            raise ValueError(f"{name} is not a GGUF file (it does not start with the bytes GGUF): hf:... takes a hub "
+                             f"id, a Hugging Face model directory or a .gguf file")
+    if importlib.util.find_spec('gguf') is None:
+        raise ImportError(f"{name} is a GGUF file, which needs the optional package gguf: "
+                          f"pip install -r requirements-extra.txt")
+    import transformers
+    if auto_class is transformers.AutoModelForCausalLM:  # else it stays quantized: neither trains nor saves
+        kwargs['quantization_config'] = transformers.GgufConfig(dequantize=True)
+    try:
+        return auto_class.from_pretrained(os.path.dirname(os.path.abspath(name)), gguf_file=os.path.basename(name),
+                                          **kwargs)
+    except Exception as e:  # transformers' GGUF readers raise anything from struct.error to IndexError
+        raise gguf_error(name, e) from e
+
+
+def gguf_error(path, error):
+    """ValueError in one line, with what to do, for the GGUF file path that transformers could not load (it raised
+    error): truncated (gguf's reader cannot read it either) or a model transformers cannot read from GGUF."""
+    import gguf
+    import transformers
+    try:
+        architecture = gguf.GGUFReader(path).fields['general.architecture'].contents()
+    except (ValueError, IndexError, KeyError):  # it reads past the end, or misses what every GGUF has
+        return ValueError(f"{path} is truncated or damaged: its {os.path.getsize(path):,} bytes do not hold the "
+                          f"header and tensors it declares as a GGUF file; download or copy it again")
+    return ValueError(f"transformers {transformers.__version__} cannot load {path}, a GGUF of architecture "
+                      f"{architecture!r} ({' '.join(str(error).split())}): use the model's Hugging Face directory or "
+                      f"hub id instead, or a transformers that reads {architecture} from GGUF")
+
+
 def load_hf_tokenizer(name):
-    """The tokenizer of a Hugging Face model, a hub id or a local directory (AutoTokenizer). ImportError saying what
-    to install; OSError in one line if it cannot be loaded (a hub id offline and not in the hub's cache, say)."""
+    """The tokenizer of a Hugging Face model, a hub id, a local directory or a .gguf file (AutoTokenizer). ImportError
+    saying what to install; OSError in one line if it cannot be loaded (a hub id offline and not in the hub's cache,
+    say); ValueError in one line for a bad GGUF file (hf_from_pretrained)."""
     try:
         from transformers import AutoTokenizer
     except ImportError as e:
         raise ImportError("Hugging Face models need the optional packages transformers and peft: "
                           "pip install -r requirements-extra.txt") from e
     try:
-        return AutoTokenizer.from_pretrained(name)
+        return hf_from_pretrained(AutoTokenizer, name)
     except OSError as e:  # transformers' message spans lines; every line of it says something
         raise OSError(f"cannot load the Hugging Face model {name}: {' '.join(str(e).split())}") from None
 

@@ -1,4 +1,6 @@
-"""Several processes (DDP over gloo on the CPU): they train one model, and they stop together."""
+"""Several processes (DDP over gloo on the CPU): they train one model, a GPT or a Hugging Face model with LoRA, and
+they stop together."""
+import importlib.util
 import os
 import socket
 import subprocess
@@ -9,6 +11,11 @@ import torch
 
 from conftest import ROOT, TINY, checkpoint, run
 from checkpoint import load_checkpoint
+
+HF = importlib.util.find_spec('peft') is not None and importlib.util.find_spec('transformers') is not None
+if HF:  # test_hf.py skips itself without them
+    from test_hf import TINY_HF, hf_data, hf_dirs, train_args  # noqa: F401 (fixtures: the tiny models, their data)
+TORCHRUN = (sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2')
 
 EACH_RANK_SAVES = """
 import os, runpy, sys
@@ -27,7 +34,7 @@ def test_torchrun_two_processes_train_one_model(shakespeare_char, tmp_path):
     out = tmp_path / 'out'
     result = run(str(script), 'config/shakespeare_seqmatch.py', f'--out_dir={out}', '--max_iters=6',
                  '--eval_interval=6', '--bc_warmup_iters=2', *TINY,
-                 launcher=(sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2'))
+                 launcher=TORCHRUN)
     assert '2 process(es)' in result.stdout
     saved = checkpoint(out)
     assert saved['iter_num'] == 6
@@ -37,6 +44,43 @@ def test_torchrun_two_processes_train_one_model(shakespeare_char, tmp_path):
         assert torch.equal(rank_0[name], weight), f"{name} in ckpt.pt is not the processes' weights"
     replays = [p['replay']['tokens'] for p in saved['processes']]
     assert len(replays) == 2 and not torch.equal(*replays), "the processes rolled out the same rows"
+
+
+@pytest.mark.skipif(not HF, reason="needs the optional peft and transformers: pip install -r requirements-extra.txt")
+def test_torchrun_two_processes_fine_tune_a_hugging_face_model_with_lora(hf_dirs, hf_data, tmp_path, monkeypatch):
+    """test_hf.py's tiny Llama, SequenceMatch with LoRA from iteration 3: the two processes' adapters and <bkspc> rows
+    are equal after 8 iterations, and stopped at 4 and resumed to 8 (two processes again) they are those of the run
+    never stopped, bit for bit."""
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')  # no script reaches the hub
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')  # resuming is bit for bit on one thread per process
+    script = tmp_path / 'each_rank_saves.py'
+    script.write_text(EACH_RANK_SAVES)
+    straight, stopped = tmp_path / 'straight', tmp_path / 'stopped'
+    settings = ['--objective=seqmatch', '--eval_interval=4', '--bc_warmup_iters=3']
+    _, *args = train_args(hf_dirs, hf_data, 'llama', straight, *settings, '--max_iters=8')
+    result = run(str(script), *args, launcher=TORCHRUN)
+    assert '2 process(es)' in result.stdout and 'iter 3: SequenceMatch switches on' in result.stdout
+    saved = checkpoint(straight)
+    trained = set(saved['model'])
+    assert any('trainable_tokens' in n for n in trained) and all('lora_' in n or 'trainable_tokens' in n
+                                                                 for n in trained), trained
+    rank_0, rank_1 = (load_checkpoint(str(straight / f'weights_of_rank_{r}.pt')) for r in (0, 1))
+    for name, weight in saved['model'].items():
+        assert torch.equal(rank_0[name], rank_1[name]), f"{name} differs between the processes"
+        assert torch.equal(rank_0[name], weight), f"{name} in ckpt.pt is not the processes' weights"
+    replays = [p['replay']['tokens'] for p in saved['processes']]
+    assert len(replays) == 2 and not torch.equal(*replays), "the processes rolled out the same rows"
+
+    run(*train_args(hf_dirs, hf_data, 'llama', stopped, *settings, '--max_iters=4'), launcher=TORCHRUN)
+    result = run('train.py', '--init_from=resume', f'--out_dir={stopped}', f'--dataset={hf_data}', *TINY_HF,
+                 *settings, '--max_iters=8', launcher=TORCHRUN)
+    assert 'resuming training from' in result.stdout and 'iter 6:' in result.stdout
+    resumed = checkpoint(stopped)
+    assert resumed['model'].keys() == saved['model'].keys()
+    for name, weight in saved['model'].items():
+        assert torch.equal(resumed['model'][name], weight), f"{name} differs after resuming"
+    for process, resumed_process in zip(saved['processes'], resumed['processes']):
+        assert torch.equal(process['replay']['tokens'], resumed_process['replay']['tokens'])
 
 
 POISON_RANK_1 = """

@@ -1,8 +1,9 @@
 """
 OpenWebText with the GPT-2 BPE, as in nanoGPT: every document ends with <|endoftext|> (50256), the
 end-of-sequence token of rollouts. Writes train.bin, val.bin (uint16) and meta.pkl.
-With --tokenizer=hf:<model id or local directory>, in that Hugging Face model's tokenizer instead, each document
-ending with its eos token, for train.py's init_from='hf:...' (uint32 ids for a vocabulary of more than 65,536).
+With --tokenizer=hf:<model id, local directory or .gguf file>, in that Hugging Face model's tokenizer instead, each
+document ending with its eos token, for train.py's init_from='hf:...' (uint32 ids for a vocabulary of more than
+65,536).
 
 The real corpus (~8M documents, ~9B tokens, ~17 GB train.bin; needs `pip install datasets` and an hour):
 $ python data/openwebtext/prepare.py
@@ -25,7 +26,8 @@ parser.add_argument('--input', help='a local text file to prepare instead of the
 parser.add_argument('--out_dir', default=os.path.dirname(os.path.abspath(__file__)), help='where the files go')
 parser.add_argument('--num_proc', type=int, default=8, help='worker processes for the HuggingFace path')
 parser.add_argument('--tokenizer', default='gpt2',
-                    help="'gpt2' (GPT-2's BPE), or 'hf:<model id or local directory>': that model's tokenizer")
+                    help="'gpt2' (GPT-2's BPE), or 'hf:<model id, local directory or .gguf file>': that model's "
+                         "tokenizer")
 args = parser.parse_args()
 if args.input and not os.path.isfile(args.input):
     raise SystemExit(f"--input={args.input}: there is no such file")
@@ -33,7 +35,7 @@ if args.input and not os.path.isfile(args.input):
 if args.tokenizer.startswith('hf:'):
     try:
         hf = load_hf_tokenizer(args.tokenizer[3:])
-    except (OSError, ImportError) as e:
+    except (OSError, ImportError, ValueError) as e:  # ValueError: a bad GGUF file
         raise SystemExit(str(e))
     meta = hf_meta(hf, args.tokenizer[3:])
     if meta['eos_id'] is None:
