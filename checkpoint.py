@@ -11,7 +11,6 @@ import re
 import torch
 
 from model import GPT, GPTConfig
-from tokenizer import check_tokenizer
 
 # what loading a run, a model or its tokenizer raises for something a user can fix: a missing file, package or
 # download (OSError, ImportError), a model that does not fit (ValueError), a checkpoint that could run code
@@ -33,10 +32,9 @@ def load_pretrained(init_from, meta, config):
             model.crop_block_size(config['block_size'])
         return model
     if init_from.startswith('hf:'):
-        check_tokenizer(meta, init_from[3:])  # before any weight loads
         return model_from_args(dict(hf_name=init_from[3:], **{k: config[k] for k in (
             'block_size', 'lora_rank', 'lora_alpha', 'lora_dropout', 'lora_targets', 'attn_implementation',
-            'gradient_checkpointing')}))
+            'gradient_checkpointing')}), data_meta=meta)  # the tokenizer checked before any weight loads
     if not os.path.exists(init_from):
         raise FileNotFoundError(f"init_from={init_from!r} is not 'scratch', 'resume', 'gpt2*', 'hf:...' or an "
                                 f"existing checkpoint file")
@@ -59,13 +57,13 @@ def model_from_run(path, vocab_size, dropout):
     return model
 
 
-def model_from_args(model_args):
+def model_from_args(model_args, data_meta=None):
     """A new model of the kind and shape that a checkpoint's model_args describe: a GPT, or where they name a Hugging
-    Face model (hf_name), hf_model.py's, which loads that model (it needs transformers and peft, imported only here).
-    Raises what HFModel raises."""
+    Face model (hf_name), hf_model.py's, which loads that model (it needs transformers and peft, imported only here)
+    and checks that data_meta's data was prepared in its tokenizer. Raises what HFModel raises."""
     if 'hf_name' in model_args:
         from hf_model import HFConfig, HFModel
-        return HFModel(HFConfig(**model_args))
+        return HFModel(HFConfig(**model_args), data_meta)
     return GPT(GPTConfig(**model_args))
 
 

@@ -21,7 +21,7 @@ except ImportError as e:
                       "pip install -r requirements-extra.txt") from e
 
 from model import LanguageModel
-from tokenizer import BKSPC, hf_from_pretrained, hf_meta, load_hf_tokenizer
+from tokenizer import BKSPC, check_tokenizer, hf_from_pretrained, hf_meta, load_hf_tokenizer
 
 EXACT_ATTENTION = ('sdpa', 'eager')  # the attention implementations that take the backspace mask exactly
 
@@ -52,10 +52,11 @@ class HFKVCache:
 
 class HFModel(LanguageModel):
 
-    def __init__(self, config):
+    def __init__(self, config, data_meta=None):
         """Loads config.hf_name, adds <bkspc> and the adapters. Raises OSError (the model cannot be loaded: offline
         and not in the hub's cache, say) and ValueError (an attention implementation that cannot take the mask, not a
-        causal LM, rows longer than its positions or its attention window) in one line, before loading any weight."""
+        causal LM, rows longer than its positions or its attention window, data prepared in another tokenizer than
+        the model's, where data_meta, the data's meta.pkl, is given) in one line, before loading any weight."""
         super().__init__()
         name = config.hf_name
         if config.attn_implementation not in EXACT_ATTENTION:
@@ -74,7 +75,10 @@ class HFModel(LanguageModel):
         if window is not None and window < config.block_size:
             raise ValueError(f"{name} attends over a sliding window of {window} tokens, which the backspace mask "
                              f"leaves out: use a block_size of at most {window}")
-        bkspc_id = hf_meta(tokenizer, name)['bkspc_id']
+        model_meta = hf_meta(tokenizer, name)
+        if data_meta is not None:
+            check_tokenizer(data_meta, name, model_meta)
+        bkspc_id = model_meta['bkspc_id']
         # float32 weights, as model.py's GPT: train.py's autocast computes in bf16 where it can
         lm = hf_from_pretrained(transformers.AutoModelForCausalLM, name, config=hf_config, dtype=torch.float32,
                                 attn_implementation=config.attn_implementation)

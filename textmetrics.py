@@ -19,7 +19,7 @@ from tqdm import tqdm
 from checkpoint import load_model
 from model import GPT
 from seqmatch import apply_backspaces
-from tokenizer import Tokenizer
+from tokenizer import Tokenizer, hf_from_pretrained
 
 
 def ngrams(tokens, n):
@@ -186,7 +186,8 @@ class CheckpointFeaturizer(Featurizer):
 
 
 class HFFeaturizer(Featurizer):
-    """A Hugging Face causal LM, by hub name (e.g. gpt2-large, downloaded once into Hugging Face's cache) or folder."""
+    """A Hugging Face causal LM, by hub name (e.g. gpt2-large, downloaded once into Hugging Face's cache), folder or
+    .gguf file."""
 
     def __init__(self, name, device):
         """Raises OSError when it cannot be loaded (offline and not in the cache, say), ImportError without
@@ -196,8 +197,8 @@ class HFFeaturizer(Featurizer):
         except ImportError as e:
             raise ImportError("a Hugging Face featurizer needs the optional package transformers: "
                               "pip install -r requirements-extra.txt") from e
-        self.tokenizer = AutoTokenizer.from_pretrained(name)
-        self.model = AutoModelForCausalLM.from_pretrained(name).to(device).eval()
+        self.tokenizer = hf_from_pretrained(AutoTokenizer, name)
+        self.model = hf_from_pretrained(AutoModelForCausalLM, name).to(device).eval()
         self.max_len, self.device = self.model.config.max_position_embeddings, device
 
     def encode(self, text):
@@ -209,10 +210,10 @@ class HFFeaturizer(Featurizer):
 
 
 def load_featurizer(name, device):
-    """A file or a name ending in .pt (a train.py ckpt.pt) is one of this repository's checkpoints; any other name a
+    """A file (but a .gguf) or a name ending in .pt (a train.py ckpt.pt) is a checkpoint of this repository; any other a
     Hugging Face causal LM. Raises what model.load_model, Tokenizer and HFFeaturizer raise: OSError
     (FileNotFoundError, BPEUnavailableError and the hub's errors among them), ImportError, pickle.UnpicklingError."""
-    if name.endswith('.pt') or os.path.isfile(name):
+    if name.endswith('.pt') or os.path.isfile(name) and not name.endswith('.gguf'):
         model, checkpoint = load_model(name, device)
         return CheckpointFeaturizer(model, Tokenizer(checkpoint['meta']))
     return HFFeaturizer(name, device)

@@ -104,10 +104,11 @@ def hf_meta(tokenizer, name):
             'eos_id': tokenizer.eos_token_id, 'token_dtype': 'uint16' if bkspc_id < 2 ** 16 else 'uint32'}
 
 
-def check_tokenizer(meta, name):
+def check_tokenizer(meta, name, model_meta=None):
     """ValueError, naming both, unless the data that meta describes was prepared in the tokenizer of the Hugging Face
-    model name; raises what load_hf_tokenizer raises."""
-    if meta.get('tokenizer_hash') != hf_meta(load_hf_tokenizer(name), name)['tokenizer_hash']:
+    model name (model_meta: hf_meta of its tokenizer, where already loaded); raises what load_hf_tokenizer raises."""
+    model_meta = model_meta or hf_meta(load_hf_tokenizer(name), name)
+    if meta.get('tokenizer_hash') != model_meta['tokenizer_hash']:
         raise ValueError(f"the data was prepared with the tokenizer {meta['tokenizer']}, and the model {name} has "
                          f"another one: prepare it with --tokenizer=hf:{name} (data/openwebtext/prepare.py)")
 
