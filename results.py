@@ -1,11 +1,16 @@
 """
-Regenerate the README's table of the main job in one command: train MLE, BC and SequenceMatch on character-level Tiny
-Shakespeare (the README's three commands) with `seeds` training seeds each, evaluate every run with eval.py (MAUVE
-included), and print one row per arm, each number the mean ± the standard deviation over the training seeds (a
-sampled column of a run is first the mean over eval.py's sampling seeds), with the best val loss of each run's log and
-its training time. Every run goes to out_root/<arm>-<seed>: a finished run is not trained again and an unfinished one
-(an interrupted regeneration) is resumed, so running the command again continues where it stopped.
+Regenerate one of the README's tables in one command: train the arms of a recipe (MLE, BC and SequenceMatch) with
+`seeds` training seeds each, evaluate every run with eval.py (MAUVE included), and print one row per arm, each number
+the mean ± the standard deviation over the training seeds (a sampled column of a run is first the mean over eval.py's
+sampling seeds), with the best val loss of each run's log and its training time. The recipes:
+  shakespeare_char: the main job, from scratch on character-level Tiny Shakespeare; MAUVE's featurizer is a fourth
+                    run of the MLE recipe;
+  smollm2:          SmolLM2-135M fine-tuned with LoRA on Tiny Shakespeare (config/smollm2_shakespeare.py), plus a row
+                    for the base model before fine-tuning; MAUVE's featurizer is the base model.
+Every run goes to out_root/<arm>-<seed>: a finished run is not trained again and an unfinished one (an interrupted
+regeneration) is resumed, so running the command again continues where it stopped.
 $ python results.py --seeds=3
+$ python results.py --recipe=smollm2 --out_root=out-results-smollm2
 $ python results.py --seeds=2 --train_args='--max_iters=200 --eval_interval=100' --out_root=out-results-short
 """
 import json
@@ -20,20 +25,34 @@ from checkpoint import load_checkpoint
 from textmetrics import table_cell
 
 # -----------------------------------------------------------------------------
+recipe = 'shakespeare_char'  # 'shakespeare_char' (the main job) or 'smollm2' (a pretrained LM), see above
 seeds = 3  # training seeds per arm: 1337 (the README's single runs), 1338, ...
 out_root = 'out-results'  # each run in out_root/<arm>-<seed>; use another out_root for other train_args
 train_args = ''  # more train.py settings for every run (the featurizer's too), e.g. '--max_iters=200 --device=cpu'
 eval_args = ''  # more eval.py settings, e.g. '--num_samples=64'
-featurizer = ''  # MAUVE's featurizer for eval.py; '' = train one: the MLE recipe with seed 0 in out_root/featurizer
+featurizer = ''  # MAUVE's featurizer for eval.py; '' = the recipe's (shakespeare_char: trained into out_root)
 # -----------------------------------------------------------------------------
 exec(open('configurator.py').read())  # overrides from the command line or a config file
 
-ARMS = [  # (name, out_dir prefix, the README's train.py arguments)
-    ('MLE', 'mle', ['config/shakespeare_char_mle.py']),
-    ('BC', 'bc', ['config/shakespeare_seqmatch.py', '--objective=bc']),
-    ('SequenceMatch', 'seqmatch', ['config/shakespeare_seqmatch.py']),
-]
-# a seed that no arm uses: the featurizer, trained on data alone, never saw any arm's samples or weights
+SMOLLM2 = 'config/smollm2_shakespeare.py'
+RECIPES = {  # recipe: [(name, out_dir prefix, the README's train.py arguments)]
+    'shakespeare_char': [
+        ('MLE', 'mle', ['config/shakespeare_char_mle.py']),
+        ('BC', 'bc', ['config/shakespeare_seqmatch.py', '--objective=bc']),
+        ('SequenceMatch', 'seqmatch', ['config/shakespeare_seqmatch.py']),
+    ],
+    'smollm2': [
+        # the base model as it comes (one step at learning rate 0: a checkpoint eval.py reads; <bkspc> the mean token)
+        ('base model', 'base', [SMOLLM2, '--objective=mle', '--max_iters=1', '--learning_rate=0', '--min_lr=0']),
+        ('MLE', 'mle', [SMOLLM2, '--objective=mle']),
+        ('BC', 'bc', [SMOLLM2, '--objective=bc']),
+        ('SequenceMatch', 'seqmatch', [SMOLLM2]),
+    ],
+}
+if recipe not in RECIPES:
+    raise SystemExit(f"recipe={recipe!r}: expected one of {', '.join(RECIPES)}")
+ARMS = RECIPES[recipe]
+# shakespeare_char: a seed that no arm uses: the featurizer, trained on data alone, never saw any arm's samples or weights
 FEATURIZER_SEED = 0
 
 
@@ -69,10 +88,15 @@ def run_record(out_dir):
 
 try:
     seed_list = [1337 + k for k in range(seeds)]
-    runs = {arm: [os.path.join(out_root, f'{prefix}-{s}') for s in seed_list] for arm, prefix, _ in ARMS}
+    # the base model does not train: one run of it (its row's spread is 0)
+    arm_seeds = {arm: seed_list[:1] if prefix == 'base' else seed_list for arm, prefix, _ in ARMS}
+    runs = {arm: [os.path.join(out_root, f'{prefix}-{s}') for s in arm_seeds[arm]] for arm, prefix, _ in ARMS}
     for s in seed_list:
         for arm, prefix, args in ARMS:
-            train(os.path.join(out_root, f'{prefix}-{s}'), args, s)
+            if s in arm_seeds[arm]:
+                train(os.path.join(out_root, f'{prefix}-{s}'), args, s)
+    if not featurizer and recipe == 'smollm2':
+        featurizer = 'smollm2.gguf'  # the base model, as the paper's featurizer was a pretrained LM
     if not featurizer:
         train(os.path.join(out_root, 'featurizer'), ['config/shakespeare_char_mle.py'], FEATURIZER_SEED)
         featurizer = os.path.join(out_root, 'featurizer', 'ckpt.pt')
@@ -88,7 +112,7 @@ except OSError as e:  # a run's files unreadable, a full disk
     raise SystemExit(f"results.py: {e}")
 
 settings = table['settings']
-print(f"\nthe main job with {seeds} training seed(s) ({', '.join(map(str, seed_list))}): each number is the mean ± the "
+print(f"\n{recipe} with {seeds} training seed(s) ({', '.join(map(str, seed_list))}): each number is the mean ± the "
       f"standard deviation over the training seeds; a sampled column of one run is itself the mean over eval.py's "
       f"sampling seeds {settings['seeds']}. eval.py: {settings['num_samples']} continuations of "
       f"{settings['max_new_tokens']} actions after {settings['prompt_len']}-token val prompts; MAUVE's featurizer "

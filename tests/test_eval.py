@@ -178,7 +178,7 @@ def test_results_regenerates_the_table_over_seeds(shakespeare_char, tmp_path):
     assert result.stdout.count('$ train.py') == 6 and result.stdout.count('--init_from=resume') == 1
     assert result.stdout.count('is trained already') == 1 and torch.load(path, weights_only=True)['iter_num'] == 10
     assert os.path.exists(tmp_path / 'featurizer' / 'ckpt.pt')
-    header, rows = table(result.stdout.split('the main job with 2 training seed(s)')[1])
+    header, rows = table(result.stdout.split('shakespeare_char with 2 training seed(s)')[1])
     assert header[:3] == ['best val loss (log)', 'training time (s)', 'val cross-entropy'] and header[-1] == 'MAUVE'
     assert list(rows) == ['val text (the true continuations)', 'MLE', 'BC', 'SequenceMatch']
     for arm in ('MLE', 'BC', 'SequenceMatch'):
