@@ -7,6 +7,7 @@ import os
 import pickle
 import re
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -194,7 +195,7 @@ def test_a_bad_gguf_stops_prepare_and_train_with_one_line(hf_dirs, ggufs, gguf_r
 
 
 def test_without_the_gguf_package_a_gguf_asks_for_it(ggufs, monkeypatch):
-    monkeypatch.setitem(__import__('sys').modules, 'gguf', None)  # as if it were not installed
+    monkeypatch.setitem(sys.modules, 'gguf', None)  # as if it were not installed
     with pytest.raises(ImportError, match=r"is a GGUF file, which needs the optional package gguf: pip install -r "
                                           r"requirements-extra.txt"):
         load_hf_tokenizer(ggufs['f32'])
