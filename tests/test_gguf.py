@@ -107,6 +107,7 @@ def ggufs(hf_dirs, tmp_path_factory):
 def test_a_gguf_loads_as_the_model_and_tokenizer_it_was_written_from(hf_dirs, ggufs):
     """F32: the same weights, bit for bit, and the same tokenizer (so the same data) as the model folder; Q8_0: a
     plain float32 model, no longer quantized, within 8-bit rounding of them."""
+    assert {t.tensor_type.name for t in gguf.GGUFReader(ggufs['q8']).tensors} == {'Q8_0', 'F32'}
     folder = model_from_args(dict(hf_name=hf_dirs['llama'], block_size=64, lora_rank=0)).lm.state_dict()
     for name, tolerance in (('f32', 0.0), ('q8', 1e-3)):
         model = model_from_args(dict(hf_name=ggufs[name], block_size=64, lora_rank=0))
