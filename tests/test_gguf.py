@@ -7,6 +7,7 @@ import os
 import pickle
 import re
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -106,6 +107,7 @@ def ggufs(hf_dirs, tmp_path_factory):
 def test_a_gguf_loads_as_the_model_and_tokenizer_it_was_written_from(hf_dirs, ggufs):
     """F32: the same weights, bit for bit, and the same tokenizer (so the same data) as the model folder; Q8_0: a
     plain float32 model, no longer quantized, within 8-bit rounding of them."""
+    assert {t.tensor_type.name for t in gguf.GGUFReader(ggufs['q8']).tensors} == {'Q8_0', 'F32'}
     folder = model_from_args(dict(hf_name=hf_dirs['llama'], block_size=64, lora_rank=0)).lm.state_dict()
     for name, tolerance in (('f32', 0.0), ('q8', 1e-3)):
         model = model_from_args(dict(hf_name=ggufs[name], block_size=64, lora_rank=0))
@@ -194,7 +196,7 @@ def test_a_bad_gguf_stops_prepare_and_train_with_one_line(hf_dirs, ggufs, gguf_r
 
 
 def test_without_the_gguf_package_a_gguf_asks_for_it(ggufs, monkeypatch):
-    monkeypatch.setitem(__import__('sys').modules, 'gguf', None)  # as if it were not installed
+    monkeypatch.setitem(sys.modules, 'gguf', None)  # as if it were not installed
     with pytest.raises(ImportError, match=r"is a GGUF file, which needs the optional package gguf: pip install -r "
                                           r"requirements-extra.txt"):
         load_hf_tokenizer(ggufs['f32'])
