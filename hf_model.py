@@ -10,6 +10,7 @@ to the scores, so a boolean one would add 1 and 0 and be silently wrong: it gets
 number instead. The flash-attention kernels take no such mask and are refused, as is every other implementation.
 """
 import dataclasses
+import warnings
 
 import torch
 
@@ -22,6 +23,9 @@ except ImportError as e:
 
 from model import LanguageModel
 from tokenizer import BKSPC, check_tokenizer, hf_from_pretrained, hf_meta, load_hf_tokenizer
+
+# peft (0.21) asks transformers (5.x) for a name it deprecated: a warning at every load that no user can act on
+warnings.filterwarnings('ignore', message='`is_gradient_checkpointing` is deprecated', category=FutureWarning)
 
 EXACT_ATTENTION = ('sdpa', 'eager')  # the attention implementations that take the backspace mask exactly
 

@@ -21,7 +21,7 @@ from conftest import ROOT, checkpoint, run  # noqa: E402
 from test_hf import BK, TINY_HF, Recorded, run_scripts  # noqa: E402
 from test_hf import hf_dirs, offline_on_one_thread  # noqa: E402,F401 (fixtures: the tiny models; offline, 1 thread)
 from batches import token_file  # noqa: E402
-from model import load_model, model_from_args  # noqa: E402
+from checkpoint import load_model, model_from_args  # noqa: E402
 from seqmatch import generate  # noqa: E402
 from tokenizer import hf_meta, load_hf_tokenizer  # noqa: E402
 
