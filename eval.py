@@ -1,13 +1,15 @@
 """
-Compare trained models of a text dataset, as the SequenceMatch paper does: prints one markdown table, one row per
-checkpoint. The val cross-entropy, and statistics of continuations sampled from held-out prompts (the same prompts for
-every checkpoint, their true continuations in a first row for reference): the fraction of generated words that occur
-in the training text, distinct-2 (unique word pairs / word pairs), the entropy of the character 3-gram distribution,
-the backspace rate, (char-level) the fraction of backspaces that deleted a rare character: one that follows the
-character before it less than 1% of the time in the training text; the paper's diversity and token 4-gram entropy
-(textmetrics.py), the perplexity of the continuations under the model itself and, with --mauve=True, under the
-featurizer, and MAUVE against the true continuations. Each sampled column is the mean ± the standard deviation over
-sampling_seeds samplings. docs/eval.md has the details; arithmetic runs: eval_arithmetic.py.
+Compare trained models of a text dataset, as the SequenceMatch paper does: prints one markdown
+table, one row per checkpoint. The val cross-entropy, and statistics of continuations sampled from
+held-out prompts (the same prompts for every checkpoint, their true continuations in a first row for
+reference): the fraction of generated words that occur in the training text, distinct-2 (unique word
+pairs / word pairs), the entropy of the character 3-gram distribution, the backspace rate,
+(char-level) the fraction of backspaces that deleted a rare character: one that follows the
+character before it less than 1% of the time in the training text; the paper's diversity and token
+4-gram entropy (textmetrics.py), the perplexity of the continuations under the model itself and,
+with --mauve=True, under the featurizer, and MAUVE against the true continuations. Each sampled
+column is the mean ± the standard deviation over sampling_seeds samplings. docs/eval.md has the
+details; arithmetic runs: eval_arithmetic.py.
 $ python eval.py --out_dirs=out-shakespeare-char-mle,out-shakespeare-char-bc,out-shakespeare-seqmatch --mauve=True
 """
 import importlib.metadata
@@ -42,7 +44,8 @@ device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'mps'
 # -----------------------------------------------------------------------------
 exec(open('configurator.py').read())  # overrides from the command line or a config file
 
-# every check before anything is loaded or sampled: the runs' checkpoints, their dataset and block, json_path
+# every check before anything is loaded or sampled: the runs' checkpoints, their dataset and block,
+# json_path
 try:
     device = auto_device(device)
     runs = [(out_dir, load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))) for out_dir in out_dirs.split(',')]
@@ -68,7 +71,8 @@ runs = [out_dir for out_dir, _ in runs]  # read again one at a time, with their 
 
 @torch.no_grad()
 def val_cross_entropy(model, data_dir, n_actions):
-    """The policy's cross-entropy on eval_iters batches of val text, the same batches for every checkpoint."""
+    """The policy's cross-entropy on eval_iters batches of val text, the same batches for every
+    checkpoint."""
     losses, g = [], torch.Generator().manual_seed(seed)
     for _ in tqdm(range(eval_iters), desc='val cross-entropy', unit='batch', leave=False):
         rows = random_windows(data_dir, 'val', 12, model.config.block_size + 1, g).to(device)
@@ -81,8 +85,9 @@ GENERATE_ROWS = 64  # continuations per call of generate: bounds the KV cache's 
 
 
 def training_text(data_dir, tokenizer, meta):
-    """What the char-level columns need from the training text: its words, and P(next character | the one before)
-    as a (bkspc_id, bkspc_id) array. (None, None) for a BPE or a large dataset, which has no such columns ('-')."""
+    """What the char-level columns need from the training text: its words, and P(next character |
+    the one before) as a (bkspc_id, bkspc_id) array. (None, None) for a BPE or a large dataset,
+    which has no such columns ('-')."""
     train = token_file(data_dir, 'train')
     if meta['tokenizer'] != 'char' or len(train) >= 2_000_000:
         return None, None
@@ -94,10 +99,11 @@ def training_text(data_dir, tokenizer, meta):
 
 
 def draw_held_out(data_dir, eos_id):
-    """Windows of val data at offsets drawn from a generator of their own seeded with seed, so that every checkpoint
-    gets the same: (prompts (num_samples, prompt_len), the true continuation of each, a list of up to new_tokens
-    tokens (up to an eos_id), and sampling_seeds more sets of num_samples such lists from elsewhere in val: held-out
-    text that the first row compares with the true continuations, to show what MAUVE gives text from their source)."""
+    """Windows of val data at offsets drawn from a generator of their own seeded with seed, so that
+    every checkpoint gets the same: (prompts (num_samples, prompt_len), the true continuation of
+    each, a list of up to new_tokens tokens (up to an eos_id), and sampling_seeds more sets of
+    num_samples such lists from elsewhere in val: held-out text that the first row compares with the
+    true continuations, to show what MAUVE gives text from their source)."""
     g = torch.Generator().manual_seed(seed)
     rows = random_windows(data_dir, 'val', num_samples * (1 + sampling_seeds), prompt_len + new_tokens, g)
     texts = [until_eos(text, eos_id) for text in rows[:, prompt_len:].tolist()]
@@ -112,8 +118,9 @@ def until_eos(tokens, eos_id):
 
 @torch.no_grad()
 def sample_continuations(model, tokenizer, prompts, bar):
-    """One continuation of each prompt, from torch's global generator: (the tokens each leaves after its backspaces,
-    up to an eos_id; the number of actions taken; the deletions, as textmetrics.typed_and_deleted gives them)."""
+    """One continuation of each prompt, from torch's global generator: (the tokens each leaves after
+    its backspaces, up to an eos_id; the number of actions taken; the deletions, as
+    textmetrics.typed_and_deleted gives them)."""
     texts, n_actions, deletions = [], 0, []
     for chunk in prompts.split(GENERATE_ROWS):
         tokens, valid, _ = generate(model, chunk.to(device), new_tokens, tokenizer.bkspc_id,
@@ -129,8 +136,8 @@ def sample_continuations(model, tokenizer, prompts, bar):
 
 
 def text_statistics(texts, tokenizer, known):
-    """The columns that need only the texts (lists of token ids): {column: value}; 'in_train' only with the training
-    text's words (known)."""
+    """The columns that need only the texts (lists of token ids): {column: value}; 'in_train' only
+    with the training text's words (known)."""
     decoded = [tokenizer.decode(t) for t in texts]
     # whole words only: drop each continuation's first and last word, which the cut may have split
     words = [w for t in decoded for w in WORD.findall(t)[1:-1]]
@@ -143,7 +150,8 @@ def text_statistics(texts, tokenizer, known):
 
 
 def featurize(reader, texts, tokenizer, desc):
-    """(MAUVE's features, perplexity) of the texts (lists of token ids) under the featurizer reader."""
+    """(MAUVE's features, perplexity) of the texts (lists of token ids) under the featurizer
+    reader."""
     try:
         features, nll, n_tokens = reader.read([tokenizer.decode(t) for t in texts], desc)
     except textmetrics.UnreadableTextError as e:  # a checkpoint's vocabulary without a character of this text
@@ -152,8 +160,8 @@ def featurize(reader, texts, tokenizer, desc):
 
 
 def reference_row(held, tokenizer, known, reader):
-    """The true continuations' columns, where they have one: {column: [value]}; MAUVE, one value per sampling seed,
-    is that of other held-out text against them."""
+    """The true continuations' columns, where they have one: {column: [value]}; MAUVE, one value per
+    sampling seed, is that of other held-out text against them."""
     _, continuations, others = held
     values = {k: [v] for k, v in text_statistics(continuations, tokenizer, known).items()}
     if mauve:
@@ -165,7 +173,8 @@ def reference_row(held, tokenizer, known, reader):
 
 
 def text_row(model, tokenizer, data_dir, held, known, follows, name, reader):
-    """A checkpoint's columns: {column: [value, one per sampling seed]} ([one value] for the val cross-entropy)."""
+    """A checkpoint's columns: {column: [value, one per sampling seed]} ([one value] for the val
+    cross-entropy)."""
     values = {'ce': [val_cross_entropy(model, data_dir, tokenizer.bkspc_id + 1)]}
     prompts, continuations, _ = held
     print(f"{name}: sampling {sampling_seeds} x {num_samples} continuations of {new_tokens} actions, then "
@@ -186,8 +195,8 @@ def text_row(model, tokenizer, data_dir, held, known, follows, name, reader):
         stats['ppl_model'] = textmetrics.perplexity(nll, n_tokens)
         if mauve:
             features, stats['ppl_featurizer'] = featurize(reader, texts, tokenizer, f'seed {seed + s}: featurizing')
-            # the true continuations cut to the generated texts' lengths (shortened by the backspaces), so that MAUVE
-            # does not tell them apart by their length
+            # the true continuations cut to the generated texts' lengths (shortened by the
+            # backspaces), so that MAUVE does not tell them apart by their length
             truth = [c[:len(t)] for c, t in zip(continuations, texts)]
             if len(features):  # no MAUVE ('-') where every continuation ended at once: nothing to compare
                 stats['mauve'] = textmetrics.mauve(features, featurize(reader, truth, tokenizer, f'seed {seed + s}: '

@@ -1,9 +1,10 @@
 """
-Compare trained arithmetic models (data/arithmetic): prints one markdown table, one row per checkpoint. For each:
-exact-match accuracy of the answer after applying the backspaces, greedy (<bkspc> forbidden) and sampled (temperature
-1.0, 8 answers per question), the backspace rate, how often a backspace removed a wrong character, and, teacher-forced,
-whether the model writes the right digit, deletes its own mistakes, and what its implicit rewards price them at.
-(Text datasets: eval.py.)
+Compare trained arithmetic models (data/arithmetic): prints one markdown table, one row per
+checkpoint. For each: exact-match accuracy of the answer after applying the backspaces, greedy
+(<bkspc> forbidden) and sampled (temperature 1.0, 8 answers per question), the backspace rate, how
+often a backspace removed a wrong character, and, teacher-forced, whether the model writes the right
+digit, deletes its own mistakes, and what its implicit rewards price them at. (Text datasets:
+eval.py.)
 $ python eval_arithmetic.py --out_dirs=out-arithmetic-mle,out-arithmetic-bc,out-arithmetic-seqmatch --split=test
 """
 import math
@@ -39,8 +40,9 @@ def read_problems(data_dir):
 def answer_questions(model, tokenizer, problems, temp, n_samples, allow_bkspc=True):
     """Answer every question n_samples times. Returns (right, stats): right (len(problems),) is the
     fraction of each question's answers that are exactly right after the backspaces; stats, over all
-    answers: backspace rate, the fraction of backspaces that removed a wrong character, their number, and
-    the fraction of answers that are right and used a <bkspc> (rescued, or at least not spoiled, by it)."""
+    answers: backspace rate, the fraction of backspaces that removed a wrong character, their
+    number, and the fraction of answers that are right and used a <bkspc> (rescued, or at least not
+    spoiled, by it)."""
     prompts_of = [tokenizer.encode('\n' + question + ' ') for question, _ in problems]
     by_length = {}  # generate() takes prompts of one length at a time
     for k, prompt in enumerate(prompts_of):
@@ -72,25 +74,25 @@ def answer_questions(model, tokenizer, problems, temp, n_samples, allow_bkspc=Tr
 @torch.no_grad()
 def mistake_detection(model, tokenizer, problems, gamma):
     """Teacher-forced over every answer character (the newline included) of the split's questions:
-    P(right): the policy's probability of the right character, given that it writes one (not <bkspc>),
-    over all answer characters, at the first one, and at the end of line;
-    P(<bkspc> after a mistake): the chance of deleting a wrong character w just written, weighted by
-    the policy's P(w), i.e. averaged over the model's own likely mistakes;
-    P(<bkspc> after the right character): the chance of deleting a right one;
-    the round trip r(u, w) + gamma * r(u + w, <bkspc>) of those mistakes, with the implicit rewards
-    r = l(a|u) - gamma * V(u') of the logits: the soft-Q policy writes w with probability at least
-    exp(round trip - (1 - gamma^2) V(u)), so only a clearly negative round trip keeps mistakes unlikely;
-    r at the end of line: l(eos|u), since V = 0 after the episode ends.
-    A <bkspc> returns the model to the state it was in, so sampling gains from it only as far as the
-    second number is above the third."""
+    P(right): the policy's probability of the right character, given that it writes one (not
+    <bkspc>), over all answer characters, at the first one, and at the end of line; P(<bkspc> after
+    a mistake): the chance of deleting a wrong character w just written, weighted by the policy's
+    P(w), i.e. averaged over the model's own likely mistakes; P(<bkspc> after the right character):
+    the chance of deleting a right one; the round trip r(u, w) + gamma * r(u + w, <bkspc>) of those
+    mistakes, with the implicit rewards r = l(a|u) - gamma * V(u') of the logits: the soft-Q policy
+    writes w with probability at least exp(round trip - (1 - gamma^2) V(u)), so only a clearly
+    negative round trip keeps mistakes unlikely; r at the end of line: l(eos|u), since V = 0 after
+    the episode ends. A <bkspc> returns the model to the state it was in, so sampling gains from it
+    only as far as the second number is above the third."""
     bk = tokenizer.bkspc_id
     stats = {k: [] for k in ('p_right', 'p_right_first', 'p_right_eol', 'p_bk_wrong', 'p_bk_right',
                              'round_trip', 'r_eos')}
     for question, answer in problems:
         prefix, target = tokenizer.encode('\n' + question + ' '), tokenizer.encode(answer + '\n')
-        # one row per (answer position i, candidate c): prefix + target[:i] + [c, <bkspc>], padded on the right
-        # (causal attention: the padding changes nothing before it). The row's tokens are its actions, so
-        # soft_values reads off Q = l(c|u) and l(<bkspc>|u + c), and V of every state, as the loss does.
+        # one row per (answer position i, candidate c): prefix + target[:i] + [c, <bkspc>], padded
+        # on the right (causal attention: the padding changes nothing before it). The row's tokens
+        # are its actions, so soft_values reads off Q = l(c|u) and l(<bkspc>|u + c), and V of every
+        # state, as the loss does.
         n = len(prefix) + len(target) + 1
         rows = [prefix + target[:i] + [c, bk] for i in range(len(target)) for c in range(bk)]
         x = torch.tensor([r + [0] * (n - len(r)) for r in rows], device=device)  # (len(target) * bk, n)
@@ -105,7 +107,8 @@ def mistake_detection(model, tokenizer, problems, gamma):
             deletes = probs[block, at, bk]  # (bk,): P(<bkspc> | state + c)
             wrong = torch.arange(bk, device=device) != right
             l_u, V_u = Q[block, at], V[i * bk, at - 1]  # (bk,), (): l(c|u), V(u)
-            # r(u, c) + gamma * r(u + c, <bkspc>), with r = Q - gamma * V(next state); <bkspc> returns to u
+            # r(u, c) + gamma * r(u + c, <bkspc>), with r = Q - gamma * V(next state); <bkspc>
+            # returns to u
             round_trip = (l_u - gamma * V[block, at]) + gamma * (Q[block, at + 1] - gamma * V_u)  # (bk,)
             stats['p_right'].append(policy[right].item())
             if i == 0:

@@ -1,13 +1,15 @@
 """
-A causal language model of Hugging Face transformers (Llama, Qwen2, GPT-2, ...) behind model.py's interface, so that
-seqmatch.py's masking, rollouts and losses train it as they train the GPT: train.py's init_from='hf:<model id or
-local directory>'. <bkspc> becomes the id right after the tokenizer's vocabulary, its rows starting as the mean
-token's; training changes LoRA adapters (peft) and the <bkspc> rows, or every weight.
+A causal language model of Hugging Face transformers (Llama, Qwen2, GPT-2, ...) behind model.py's
+interface, so that seqmatch.py's masking, rollouts and losses train it as they train the GPT:
+train.py's init_from='hf:<model id, local directory or .gguf file>'. <bkspc> becomes the id right after the
+tokenizer's vocabulary, its rows starting as the mean token's; training changes LoRA adapters (peft)
+and the <bkspc> rows, or every weight.
 
-The backspace mask reaches the attention as a 4-D mask, which transformers hands to the attention function unchanged
-(masking_utils returns a 4-D mask as it is): 'sdpa' reads a boolean mask as True = may attend; 'eager' adds the mask
-to the scores, so a boolean one would add 1 and 0 and be silently wrong: it gets 0 and the dtype's most negative
-number instead. The flash-attention kernels take no such mask and are refused, as is every other implementation.
+The backspace mask reaches the attention as a 4-D mask, which transformers hands to the attention
+function unchanged (masking_utils returns a 4-D mask as it is): 'sdpa' reads a boolean mask as True
+= may attend; 'eager' adds the mask to the scores, so a boolean one would add 1 and 0 and be
+silently wrong: it gets 0 and the dtype's most negative number instead. The flash-attention kernels
+take no such mask and are refused, as is every other implementation.
 """
 import dataclasses
 import warnings
@@ -24,7 +26,8 @@ except ImportError as e:
 from model import LanguageModel
 from tokenizer import BKSPC, check_tokenizer, hf_from_pretrained, hf_meta, load_hf_tokenizer
 
-# peft (0.21) asks transformers (5.x) for a name it deprecated: a warning at every load that no user can act on
+# peft (0.21) asks transformers (5.x) for a name it deprecated: a warning at every load that no user
+# can act on
 warnings.filterwarnings('ignore', message='`is_gradient_checkpointing` is deprecated', category=FutureWarning)
 
 EXACT_ATTENTION = ('sdpa', 'eager')  # the attention implementations that take the backspace mask exactly
@@ -44,8 +47,9 @@ class HFConfig:
 
 
 class HFKVCache:
-    """A KV cache (model.LanguageModel) around transformers' DynamicCache, which appends each call's keys and values:
-    a call writes at cache_pos = the columns already cached, and attends over all of them (key_length n)."""
+    """A KV cache (model.LanguageModel) around transformers' DynamicCache, which appends each call's
+    keys and values: a call writes at cache_pos = the columns already cached, and attends over all
+    of them (key_length n)."""
 
     def __init__(self):
         self.cache = transformers.DynamicCache()
@@ -57,10 +61,11 @@ class HFKVCache:
 class HFModel(LanguageModel):
 
     def __init__(self, config, data_meta=None):
-        """Loads config.hf_name, adds <bkspc> and the adapters. Raises OSError (the model cannot be loaded: offline
-        and not in the hub's cache, say) and ValueError (an attention implementation that cannot take the mask, not a
-        causal LM, rows longer than its positions or its attention window, data prepared in another tokenizer than
-        the model's, where data_meta, the data's meta.pkl, is given) in one line, before loading any weight."""
+        """Loads config.hf_name, adds <bkspc> and the adapters. Raises OSError (the model cannot be
+        loaded: offline and not in the hub's cache, say) and ValueError (an attention implementation
+        that cannot take the mask, not a causal LM, rows longer than its positions or its attention
+        window, data prepared in another tokenizer than the model's, where data_meta, the data's
+        meta.pkl, is given) in one line, before loading any weight."""
         super().__init__()
         name = config.hf_name
         if config.attn_implementation not in EXACT_ATTENTION:
@@ -74,7 +79,8 @@ class HFModel(LanguageModel):
         if config.block_size > hf_config.max_position_embeddings:
             raise ValueError(f"block_size {config.block_size} > the {hf_config.max_position_embeddings} positions "
                              f"of {name}")
-        # the backspace mask replaces the model's own, a sliding window included: exact only while a row fits in it
+        # the backspace mask replaces the model's own, a sliding window included: exact only while a
+        # row fits in it
         window = getattr(hf_config, 'sliding_window', None)
         if window is not None and window < config.block_size:
             raise ValueError(f"{name} attends over a sliding window of {window} tokens, which the backspace mask "
@@ -89,8 +95,9 @@ class HFModel(LanguageModel):
         if BKSPC not in tokenizer.get_vocab():  # a new token (an exported run's tokenizer has it, trained)
             if lm.get_input_embeddings().weight.size(0) <= bkspc_id:  # no padding row to take it
                 lm.resize_token_embeddings(bkspc_id + 1, pad_to_multiple_of=64, mean_resizing=False)
-            # <bkspc> starts as the mean token, an ordinary-looking start that training can move; so do the padding
-            # rows above it, which no loss reads, so that every load of the model is the same
+            # <bkspc> starts as the mean token, an ordinary-looking start that training can move; so
+            # do the padding rows above it, which no loss reads, so that every load of the model is
+            # the same
             with torch.no_grad():
                 for weight in {lm.get_input_embeddings().weight, lm.get_output_embeddings().weight}:  # one if tied
                     weight[bkspc_id:] = weight[:bkspc_id].mean(dim=0)
@@ -110,7 +117,8 @@ class HFModel(LanguageModel):
         self.lm, self.config = lm, config
 
     def forward(self, idx, position_ids=None, attn_mask=None, kv_cache=None, cache_pos=0):
-        """As model.LanguageModel.forward: logits (B, T, vocab_size) at every position of idx (B, T)."""
+        """As model.LanguageModel.forward: logits (B, T, vocab_size) at every position of idx (B,
+        T)."""
         if kv_cache is not None:  # a DynamicCache can only append
             assert cache_pos == kv_cache.cache.get_seq_length(), "a DynamicCache grows at its end only"
         if position_ids is None:
@@ -129,16 +137,19 @@ class HFModel(LanguageModel):
                        use_cache=cache is not None).logits  # (B, T, vocab_size)
 
     def new_kv_cache(self, batch_size, max_len):
-        """An empty KV cache (seqmatch.generate asks for it); a DynamicCache needs neither size in advance."""
+        """An empty KV cache (seqmatch.generate asks for it); a DynamicCache needs neither size in
+        advance."""
         return HFKVCache()
 
     def state_dict(self):
-        """What training changes, {name: tensor} with the names of the Hugging Face (or peft) model: the LoRA adapters
-        and the <bkspc> rows, or every weight (lora_rank 0). The rest is the base model, which config.hf_name names."""
+        """What training changes, {name: tensor} with the names of the Hugging Face (or peft) model:
+        the LoRA adapters and the <bkspc> rows, or every weight (lora_rank 0). The rest is the base
+        model, which config.hf_name names."""
         return {name: p.detach() for name, p in self.lm.named_parameters() if p.requires_grad}
 
     def load_state_dict(self, state):
-        """Loads what state_dict returned. ValueError if it holds other weights than this model trains."""
+        """Loads what state_dict returned. ValueError if it holds other weights than this model
+        trains."""
         trained = {name: p for name, p in self.lm.named_parameters() if p.requires_grad}
         if set(state) != set(trained):
             raise ValueError(f"the checkpoint trained other weights of {self.config.hf_name} than this model "
@@ -148,8 +159,9 @@ class HFModel(LanguageModel):
                 p.copy_(state[name])
 
     def export(self, directory):
-        """Writes a Hugging Face model directory that from_pretrained loads: the weights with the adapters and the
-        <bkspc> rows merged in, and the tokenizer with <bkspc> at its id. Merges in place: use this model no more."""
+        """Writes a Hugging Face model directory that from_pretrained loads: the weights with the
+        adapters and the <bkspc> rows merged in, and the tokenizer with <bkspc> at its id. Merges in
+        place: use this model no more."""
         lm = self.lm.merge_and_unload() if self.config.lora_rank else self.lm
         tokenizer = load_hf_tokenizer(self.config.hf_name)
         tokenizer.add_tokens([BKSPC], special_tokens=True)  # at the id after the vocabulary: bkspc_id

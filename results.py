@@ -1,14 +1,16 @@
 """
-Regenerate one of the README's tables in one command: train the arms of a recipe (MLE, BC and SequenceMatch) with
-`seeds` training seeds each, evaluate every run with eval.py (MAUVE included), and print one row per arm, each number
-the mean ± the standard deviation over the training seeds (a sampled column of a run is first the mean over eval.py's
-sampling seeds), with the best val loss of each run's log and its training time. The recipes:
-  shakespeare_char: the main job, from scratch on character-level Tiny Shakespeare; MAUVE's featurizer is a fourth
-                    run of the MLE recipe;
-  smollm2:          SmolLM2-135M fine-tuned with LoRA on Tiny Shakespeare (config/smollm2_shakespeare.py), plus a row
-                    for the base model before fine-tuning; MAUVE's featurizer is the base model.
-Every run goes to out_root/<arm>-<seed>: a finished run is not trained again and an unfinished one (an interrupted
-regeneration) is resumed, so running the command again continues where it stopped.
+Regenerate one of the README's tables in one command: train the arms of a recipe (MLE, BC and
+SequenceMatch) with `seeds` training seeds each, evaluate every run with eval.py (MAUVE included),
+and print one row per arm, each number the mean ± the standard deviation over the training seeds (a
+sampled column of a run is first the mean over eval.py's sampling seeds), with the best val loss of
+each run's log and its training time. The recipes:
+  shakespeare_char: the main job, from scratch on character-level Tiny Shakespeare; MAUVE's
+                    featurizer is a fourth run of the MLE recipe.
+  smollm2:          SmolLM2-135M fine-tuned with LoRA on Tiny Shakespeare
+                    (config/smollm2_shakespeare.py), plus a row for the base model before
+                    fine-tuning; MAUVE's featurizer is the base model.
+Every run goes to out_root/<arm>-<seed>: a finished run is not trained again and an unfinished one
+(an interrupted regeneration) is resumed, so running the command again continues where it stopped.
 $ python results.py --seeds=3
 $ python results.py --recipe=smollm2 --out_root=out-results-smollm2
 $ python results.py --seeds=2 --train_args='--max_iters=200 --eval_interval=100' --out_root=out-results-short
@@ -42,7 +44,8 @@ RECIPES = {  # recipe: [(name, out_dir prefix, the README's train.py arguments)]
         ('SequenceMatch', 'seqmatch', ['config/shakespeare_seqmatch.py']),
     ],
     'smollm2': [
-        # the base model as it comes (one step at learning rate 0: a checkpoint eval.py reads; <bkspc> the mean token)
+        # the base model as it comes (one step at learning rate 0: a checkpoint eval.py reads;
+        # <bkspc> the mean token)
         ('base model', 'base', [SMOLLM2, '--objective=mle', '--max_iters=1', '--learning_rate=0', '--min_lr=0']),
         ('MLE', 'mle', [SMOLLM2, '--objective=mle']),
         ('BC', 'bc', [SMOLLM2, '--objective=bc']),
@@ -52,12 +55,14 @@ RECIPES = {  # recipe: [(name, out_dir prefix, the README's train.py arguments)]
 if recipe not in RECIPES:
     raise SystemExit(f"recipe={recipe!r}: expected one of {', '.join(RECIPES)}")
 ARMS = RECIPES[recipe]
-# shakespeare_char: a seed that no arm uses: the featurizer, trained on data alone, never saw any arm's samples or weights
+# shakespeare_char: a seed that no arm uses: the featurizer, trained on data alone, never saw any
+# arm's samples or weights
 FEATURIZER_SEED = 0
 
 
 def run(script, *args):
-    """Run one of the repository's scripts, its output going to the terminal; stop in one line if it fails."""
+    """Run one of the repository's scripts, its output going to the terminal; stop in one line if it
+    fails."""
     command = [sys.executable, script, *args]
     print(f"$ {shlex.join(command[1:])}", flush=True)
     if subprocess.run(command).returncode != 0:
@@ -65,8 +70,8 @@ def run(script, *args):
 
 
 def train(out_dir, args, seed):
-    """Train a run into out_dir, unless it is there already: resume it if it is unfinished (an interrupted
-    regeneration), skip it if it is done."""
+    """Train a run into out_dir, unless it is there already: resume it if it is unfinished (an
+    interrupted regeneration), skip it if it is done."""
     path = os.path.join(out_dir, 'ckpt.pt')
     common = [*args, f'--seed={seed}', *shlex.split(train_args)]
     if not os.path.exists(path):
@@ -125,6 +130,7 @@ print(f"| {reference['name']} | - | - | "
 for arm, dirs in runs.items():
     best = table_cell([records[d][0] for d in dirs], '{:.4f}')
     seconds = table_cell([records[d][1] for d in dirs], '{:.0f}')
-    # each run's value: the mean over its sampling seeds; None where eval.py has none (a char-level column of BPE text)
+    # each run's value: the mean over its sampling seeds; None where eval.py has none (a char-level
+    # column of BPE text)
     means = {k: [float(np.mean(by_dir[d][k])) if k in by_dir[d] else None for d in dirs] for k, _, _ in columns}
     print(f"| {arm} | {best} | {seconds} | {' | '.join(table_cell(means[k], fmt) for k, _, fmt in columns)} |")

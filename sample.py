@@ -1,8 +1,9 @@
 """
 Sample from a trained model, with <bkspc>: the printed text is what is left after the deletions;
-with --show_edits=True each sample also shows what was typed and then deleted: on a terminal the deleted
-tokens struck through in red, otherwise every action as typed with each <bkspc> as ⌫, so that 'ab⌫c' is
-a, b, a <bkspc> that deleted the b, then c (the text 'ac'); a deleted newline shows as ↵.
+with --show_edits=True each sample also shows what was typed and then deleted: on a terminal the
+deleted tokens struck through in red, otherwise every action as typed with each <bkspc> as ⌫, so
+that 'ab⌫c' is a, b, a <bkspc> that deleted the b, then c (the text 'ac'); a deleted newline shows
+as ↵.
 $ python sample.py --out_dir=out-shakespeare-seqmatch --show_edits=True
 """
 import os
@@ -50,8 +51,9 @@ if not prompt:
 
 
 def sample_long(prompt):
-    """Samples longer than the block: generate a block at a time, each prompted by the latest text (at
-    most half a block; being the prompt, the next block cannot delete it). Returns each sample's actions."""
+    """Samples longer than the block: generate a block at a time, each prompted by the latest text
+    (at most half a block; being the prompt, the next block cannot delete it). Returns each sample's
+    actions."""
     block = model.config.block_size
     actions = [[] for _ in range(num_samples)]
     remaining = max_new_tokens

@@ -128,8 +128,8 @@ else:
     ddp_rank, ddp_world_size, master_process = 0, 1, True
 
 def say(*args):
-    """print, in the first process only. A stdout that closed under the run (`| tee log`, which the same Ctrl-C ends)
-    stops no save: from then on the output goes nowhere."""
+    """print, in the first process only. A stdout that closed under the run (`| tee log`, which the
+    same Ctrl-C ends) stops no save: from then on the output goes nowhere."""
     if not master_process:
         return
     try:
@@ -156,7 +156,8 @@ torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul (a flag: ha
 torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
 
 def or_exit(load, *args):
-    """load(*args), stopping with one line on what a user can fix: a missing file or package, an unsafe checkpoint."""
+    """load(*args), stopping with one line on what a user can fix: a missing file or package, an
+    unsafe checkpoint."""
     try:
         return load(*args)
     except LOAD_ERRORS as e:
@@ -254,8 +255,8 @@ def estimate_loss():
 
 @torch.no_grad()
 def refresh_rollouts():
-    """Roll out the current policy from data prompts into the replay buffer, with the masked inputs that generate's
-    stack rule computed on the way."""
+    """Roll out the current policy from data prompts into the replay buffer, with the masked inputs
+    that generate's stack rule computed on the way."""
     raw_model.eval()
     with ctx:
         replay.push(*generate(raw_model, rollout_prompts.draw(rollouts_per_sample).to(device), block_size - prompt_len,
@@ -263,7 +264,8 @@ def refresh_rollouts():
     raw_model.train()
 
 def compute_loss(batch, use_sm):
-    """The loss of one micro-batch (as train_batches builds it, on the device) and a dict of stats for the log."""
+    """The loss of one micro-batch (as train_batches builds it, on the device) and a dict of stats
+    for the log."""
     if objective == 'mle':
         with ctx:
             logits = model(batch[0])  # x; its targets y are batch[1]
@@ -294,8 +296,9 @@ def get_lr(it):
     return min_lr + coeff * (learning_rate - min_lr)
 
 def any_process(*flags):
-    """Whether each flag is set in any process: under DDP the processes decide together (one all-reduce), since a
-    process that stopped alone would leave the others waiting for it forever in the next collective."""
+    """Whether each flag is set in any process: under DDP the processes decide together (one
+    all-reduce), since a process that stopped alone would leave the others waiting for it forever in
+    the next collective."""
     flags = torch.tensor(flags, dtype=torch.float32, device=device)
     if ddp:
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
@@ -305,9 +308,11 @@ def last_good():
     return last_saved(ckpt_path, saved_iter)  # what a stop leaves behind, for its message
 
 def checkpoint_now():
-    """Every process calls it; the first writes ckpt_path (atomically). A failed save stops the run."""
+    """Every process calls it; the first writes ckpt_path (atomically). A failed save stops the
+    run."""
     global saved_iter
-    # what each process needs to continue exactly: its random stream and its replay buffer (batches need nothing)
+    # what each process needs to continue exactly: its random stream and its replay buffer (batches
+    # need nothing)
     state = {'rng': torch.get_rng_state(), 'replay': replay.state_dict(),
              'cuda_rng': torch.cuda.get_rng_state() if device_type == 'cuda' else None}
     processes = [state]
@@ -343,7 +348,8 @@ def log_row(row):
         raise SystemExit(f"stopping: writing {log_path} failed ({e.strerror}); {last_good()}")
 
 def resume_command():
-    """The command that continues this run: its own arguments, then --init_from=resume and its out_dir."""
+    """The command that continues this run: its own arguments, then --init_from=resume and its
+    out_dir."""
     args = [a for a in sys.argv[1:] if not a.startswith(('--init_from=', '--out_dir=', '--overwrite='))]
     launcher = f"torchrun --standalone --nproc_per_node={ddp_world_size}" if ddp else "python"
     return ' '.join([launcher, *map(shlex.quote, [sys.argv[0], *args, '--init_from=resume', f'--out_dir={out_dir}'])])
@@ -357,9 +363,10 @@ def on_ctrl_c(signum, frame):
     say(f"Ctrl-C: saving a checkpoint {when}; Ctrl-C again to stop at once, unsaved")
 
 def eta(t):
-    """Seconds left in the current phase at its average speed so far (later evaluations and sampling included, the
-    evaluation before its first iteration not). The BC warm-up of a SequenceMatch run is a phase of its own: how long
-    an iteration of SequenceMatch takes is known only once it runs."""
+    """Seconds left in the current phase at its average speed so far (later evaluations and sampling
+    included, the evaluation before its first iteration not). The BC warm-up of a SequenceMatch run
+    is a phase of its own: how long an iteration of SequenceMatch takes is known only once it
+    runs."""
     end = bc_warmup_iters if in_warmup() else max_iters
     return (t - phase_start[0]) / max(iter_num - phase_start[1], 1) * (end - iter_num)
 
@@ -372,7 +379,8 @@ batches = micro_batches(train_batches, iter_num * gradient_accumulation_steps, m
 ctrl_c = stop = False  # Ctrl-C pressed in this process; all processes agreed to stop
 signal.signal(signal.SIGINT, on_ctrl_c)  # under torchrun, each process gets the Ctrl-C as a SIGINT of its own
 t0 = t_start = time.time()
-# the thread count with the run: runs that differ in it differ in the last digits, which rollouts amplify
+# the thread count with the run: runs that differ in it differ in the last digits, which rollouts
+# amplify
 log_row({'iter': iter_num, 'event': 'start', 'device': device, 'processes': ddp_world_size,
          'threads': torch.get_num_threads()})
 phase_start = None  # (time, iteration) where the current phase's training began in this process, for the ETA
@@ -408,7 +416,8 @@ while True:
             f"chi2, reward_data, reward_model and bkspc rate; the val loss stays comparable")
         phase_start = (time.time(), iter_num)
         log_row({'iter': iter_num, 'event': 'seqmatch_on', 'elapsed_s': elapsed_before + phase_start[0] - t_start})
-    # refresh on schedule, and whenever the buffer is empty (as after a resume with a new bc_warmup_iters)
+    # refresh on schedule, and whenever the buffer is empty (as after a resume with a new
+    # bc_warmup_iters)
     if use_sm and ((iter_num - bc_warmup_iters) % sample_interval == 0 or len(replay) == 0):
         t_sample = time.time()
         refresh_rollouts()
@@ -428,8 +437,9 @@ while True:
 
     iter_num += 1
     if iter_num % log_interval == 0 or (ctrl_c and not ddp):
-        # the loop's one host sync: a loss that is not finite stops the run before it reaches a checkpoint (the
-        # evaluation before each save checks the weights too); the processes agree here on a Ctrl-C, too
+        # the loop's one host sync: a loss that is not finite stops the run before it reaches a
+        # checkpoint (the evaluation before each save checks the weights too); the processes agree
+        # here on a Ctrl-C, too
         diverged, stop = any_process(not math.isfinite(loss.item()), ctrl_c)
         if diverged:
             raise SystemExit(f"stopping: the loss is not finite ({loss.item()}) at iteration {iter_num}; {last_good()}")
