@@ -2,16 +2,19 @@
 
 Every test is named after the function it grades (apply_backspaces, stacks_push = Stacks.push, masking =
 backspace_inputs, add_noise, rollout = generate, soft_values, chunked_soft_values = SoftValues, seqmatch_loss,
-bc_loss), so `pytest -k NAME` grades one function (see exercise.py). The tests grade by definition: a masked forward against the forward on each materialised
-state, values against their formula, the loss against cases worked by hand, its closed forms and its
-gradient. A test never uses the function it grades as its own reference, and never calls another
-function of seqmatch.py: where it needs the text a row ends in, it uses final_text below."""
+bc_loss), so `pytest -k NAME` grades one function (see exercise.py). The tests grade by definition: a masked
+forward against the forward on each materialised state, values against their formula written as float64 sums
+over explicit terms, the loss against cases worked by hand, its closed forms and its gradient. A test never uses
+the function it grades as its own reference, never holds a copy of it (a student copy of the repository has this
+file), and never calls another function of seqmatch.py: where it needs the text a row ends in, it uses
+final_text of conftest.py."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import assert_rows_are_the_policy_at_each_state, final_text, random_trajectories
 from model import GPT, KVCache
 from seqmatch import (Stacks, add_noise, apply_backspaces, attention_mask, backspace_inputs, bc_loss, chunked_soft_values,
                       generate, seqmatch_loss, soft_values)
@@ -19,47 +22,11 @@ from seqmatch import (Stacks, add_noise, apply_backspaces, attention_mask, backs
 BK = 19  # <bkspc> in a vocabulary of 20: base tokens 0..18
 
 
-def final_text(row, bkspc_id):
-    """The text a row ends in, by the definition: each <bkspc> drops the last token."""
-    text = []
-    for tok in row.tolist():
-        text = text[:-1] if tok == bkspc_id else text + [tok]
-    return text
-
-
-def random_trajectories(B, n, n_prompt, bkspc_id, p_bkspc, seed):
-    """Rows with many backspaces, never deleting into the prompt or emptying the row."""
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for _ in range(B):
-        row, depth = [], 0
-        for j in range(n):
-            if j >= n_prompt and depth > max(n_prompt, 1) and torch.rand(1, generator=g) < p_bkspc:
-                row.append(bkspc_id)
-                depth -= 1
-            else:
-                row.append(int(torch.randint(0, bkspc_id, (1,), generator=g)))
-                depth += 1
-        rows.append(row)
-    return torch.tensor(rows)
-
-
 def first_difference(got, want):
     """The first index where two lists differ (or where the shorter one ends), None if equal."""
     return next((i for i, (x, y) in enumerate(zip(got, want)) if x != y),
                 None if len(got) == len(want) else min(len(got), len(want)))
 
-
-def last_logits_of_each_state(model, states):
-    """The model's last logits on each state (a list of token lists), in padded causal forwards of up to 256
-    states: padding after a state's end changes nothing before it."""
-    last = []
-    for k in range(0, len(states), 256):
-        chunk = states[k:k + 256]
-        n = max(len(s) for s in chunk)
-        logits = model(torch.tensor([s + [0] * (n - len(s)) for s in chunk]))
-        last.append(logits[torch.arange(len(chunk)), torch.tensor([len(s) - 1 for s in chunk])])
-    return torch.cat(last)  # (len(states), vocab)
 
 # ----------------------------------------------------------------------------- apply_backspaces
 
@@ -108,36 +75,6 @@ def test_stacks_push_gives_the_policy_at_each_state(tiny_model, n_prompt):
     assert_rows_are_the_policy_at_each_state(model, tokens, (stacks.input_ids, stacks.position_ids, stacks.removed_at), BK)
 
 # ----------------------------------------------------------------------------- masking (backspace_inputs)
-
-
-def assert_rows_are_the_policy_at_each_state(model, tokens, masked_inputs, bkspc_id, every=1):
-    """The definition of the masking: with masked_inputs = (input_ids, position_ids, removed_at) of the rows tokens,
-    row j of the masked forward equals the model's forward on the state after tokens[:j+1], the position ids are
-    the stack depths (the index of each state's last token in its text), and the input id is that last token.
-    Checked at every position j, or every `every`-th one and the last."""
-    input_ids, position_ids, removed_at = masked_inputs
-    for name, x in zip(('input_ids', 'position_ids', 'removed_at'), masked_inputs):
-        assert x.shape == tokens.shape, f"for tokens of shape {tuple(tokens.shape)}, {name} has shape {tuple(x.shape)}"
-    attn_mask = attention_mask(removed_at)
-    logits = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
-    n = tokens.size(1)
-    checked = sorted(set(range(0, n, every)) | {n - 1})
-    for b in range(tokens.size(0)):
-        states = {j: final_text(tokens[b, :j + 1], bkspc_id) for j in checked}
-        fresh = dict(zip(checked, last_logits_of_each_state(model, list(states.values()))))
-        for j in checked:
-            where = f"row {b}, position {j} (token {tokens[b, j].item()}, state {states[j]})"
-            assert input_ids[b, j] == states[j][-1], (
-                f"{where}: input id {input_ids[b, j].item()}, expected {states[j][-1]}: the last token of the state "
-                f"(at a <bkspc>, a copy of the token left on top)")
-            assert position_ids[b, j] == len(states[j]) - 1, (
-                f"{where}: position id {position_ids[b, j].item()}, expected {len(states[j]) - 1}: the index of "
-                f"the state's last token in the state's text (the stack depth)")
-            diff = (fresh[j] - logits[b, j]).abs().max().item()
-            assert diff < 1e-5, (
-                f"{where}: logits differ by {diff:.3g} from a fresh forward on the state. Up to here: input_ids "
-                f"{input_ids[b, :j + 1].tolist()}, position_ids {position_ids[b, :j + 1].tolist()}, position {j} "
-                f"attends to {attn_mask[b, j].nonzero()[:, 0].tolist()} (exactly the positions that make up its state)")
 
 
 @pytest.mark.parametrize('n_prompt', [1, 4, [1, 5, 2, 4, 1, 3]])
