@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from batches import TrainBatches, micro_batches
 from model import GPT, GPTConfig
-from seqmatch import (add_noise, apply_backspaces, attention_mask, backspace_inputs, bc_loss, chunked_soft_values,
-                      generate, mle_loss, noisy_rows, sample_next, seqmatch_loss)
+from seqmatch import (add_noise, attention_mask, backspace_inputs, bc_loss, chunked_soft_values, generate, mle_loss,
+                      noisy_rows, sample_next, seqmatch_loss)
 
 which = 'all'  # 'step', 'rollout', 'pipeline', 'gpu' or 'all'
 steps = 30  # timed training steps per measurement (after 3 warm-up steps); fewer are noisy on small models
@@ -69,9 +69,10 @@ def alternated_medians(fns, n):
 
 
 def training_step(model, optimizer, inputs):
-    """A training step (forward + backward + AdamW) on the model's inputs, a dict of its keyword arguments."""
+    """A training step (forward + backward + AdamW) on the model's inputs, a dict of its keyword arguments, with
+    the cross-entropy of the input ids as a stand-in loss (what (a) compares is the forward and backward of the model)."""
     def step():
-        model(**inputs).float().logsumexp(-1).mean().backward()
+        mle_loss(model(**inputs), inputs['idx']).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return step
@@ -97,14 +98,12 @@ def bench_step(n_layer, n_head, n_embd, batch_size, block_size):
 
 @torch.no_grad()
 def generate_recompute(model, prompt, max_new_tokens, bkspc_id):
-    """The slow reference: every step runs the model on the whole row so far (masked, as in training)."""
+    """The slow reference: every step runs the model on the whole row so far (masked, as in training). It writes
+    text only, no <bkspc>, as generate(allow_bkspc=False) does: a step costs the same either way."""
     tokens = prompt
     for _ in range(max_new_tokens):
         logits = model(**masked_inputs(tokens, bkspc_id, prompt.size(1)))
-        policy = logits[:, -1, :bkspc_id + 1].clone()
-        depth = torch.tensor([len(apply_backspaces(row, bkspc_id)[0]) for row in tokens])
-        policy[depth <= prompt.size(1), bkspc_id] = float('-inf')
-        tokens = torch.cat([tokens, sample_next(policy)[:, None]], dim=1)
+        tokens = torch.cat([tokens, sample_next(logits[:, -1, :bkspc_id])[:, None]], dim=1)  # the base vocabulary
     return tokens
 
 
@@ -112,7 +111,7 @@ def generate_recompute(model, prompt, max_new_tokens, bkspc_id):
 def decoding_rates(model, prompt, new_tokens, bkspc_id):
     """New tokens per second of rollouts after prompt, with the KV cache (generate) and recomputing the prefix."""
     n = prompt.size(0) * new_tokens
-    cached = median_time(lambda: generate(model, prompt, new_tokens, bkspc_id), 1, warmup=0)
+    cached = median_time(lambda: generate(model, prompt, new_tokens, bkspc_id, allow_bkspc=False), 1, warmup=0)
     recompute = median_time(lambda: generate_recompute(model, prompt, new_tokens, bkspc_id), 1, warmup=0)
     return n / cached, n / recompute
 

@@ -28,11 +28,13 @@ EXERCISES = {
     'backspace_inputs': Exercise('seqmatch.py', ['backspace_inputs'], 'masking', ['Stacks.push']),
     'add_noise': Exercise('seqmatch.py', ['add_noise'], 'add_noise', []),
     'generate': Exercise('seqmatch.py', ['generate', 'sample_next'], 'rollout', ['Stacks.push', 'KVCache.update']),
-    # the definition; the chunked version is blanked too, so that nothing in the copy computes V and Q
+    # the definition, graded without the chunked version, which is blanked too: nothing in the copy computes V and Q
     'soft_values': Exercise('seqmatch.py', ['soft_values', 'SoftValues.forward', 'SoftValues.backward'],
-                            'soft_values', []),
-    # advanced: the same numbers a chunk at a time, with the backward by hand (graded on memory too)
-    'SoftValues': Exercise('seqmatch.py', ['SoftValues.forward', 'SoftValues.backward'], 'chunked_soft_values', []),
+                            'soft_values and not chunked_soft_values', []),
+    # advanced: the same numbers a chunk at a time, with the backward by hand, graded on the peak memory of forward
+    # and backward too; the definition is blanked as well (its lines would be the forward's)
+    'SoftValues': Exercise('seqmatch.py', ['SoftValues.forward', 'SoftValues.backward', 'soft_values'],
+                           'chunked_soft_values', []),
     'seqmatch_loss': Exercise('seqmatch.py', ['seqmatch_loss'], 'seqmatch_loss', []),
     'bc_loss': Exercise('seqmatch.py', ['bc_loss'], 'bc_loss', []),
     'KVCache.update': Exercise('model.py', ['KVCache.update'], 'kv_cache', []),

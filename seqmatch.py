@@ -272,6 +272,7 @@ def generate(model, prompt, max_new_tokens, bkspc_id, temperature=1.0, top_k=Non
     before the mistake and the argmax writes the same token again, forever.
     The model reads the prompt once; after that each step feeds it only the newest token (the copy token
     at a <bkspc>), one per row, and the KV cache (model.new_kv_cache) holds everything before it.
+    The model's logits are read, never written (<bkspc> is masked on a copy of them).
     Call model.eval() first: dropout would make the policy differ from the one we train."""
     B, P = prompt.shape
     L = P + max_new_tokens
@@ -346,7 +347,9 @@ def soft_values(logits, actions):
 class SoftValues(torch.autograd.Function):
     """soft_values(logits, actions), computed chunk_rows positions at a time and never copying the whole
     logits to float32. The backward recomputes the softmax from the logits and V: the gradient of any
-    function of V and Q is softmax(logits) * dV + onehot(action) * dQ."""
+    function of V and Q is softmax(logits) * dV + onehot(action) * dQ. Forward and backward together
+    allocate at most the gradient (the logits' size and dtype) and a few chunks of float32 rows at once;
+    V and the softmax are computed in float32 also from bf16 logits, the gradient rounded once to bf16."""
 
     @staticmethod
     def forward(ctx, logits, actions, chunk_rows):

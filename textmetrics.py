@@ -151,7 +151,8 @@ class Featurizer:
             mask = torch.arange(ids.size(1), device=self.device) < lengths[:, None]  # (B, T)
             hidden, logits = self.forward(ids, mask)
             features.append(hidden[torch.arange(len(batch)), lengths - 1].float().cpu())
-            token_nll = -F.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None])[..., 0]  # (B, T-1)
+            token_nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(),
+                                        reduction='none').view(len(batch), -1)  # (B, T-1): each token given those before it
             nll += token_nll[mask[:, 1:]].sum().item()
             n_tokens += int(mask[:, 1:].sum())
         return torch.cat(features).numpy(), nll, n_tokens

@@ -16,6 +16,7 @@ if OFFLINE_DATA and 'TIKTOKEN_CACHE_DIR' not in os.environ:
 
 from checkpoint import load_checkpoint  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
+from seqmatch import attention_mask  # noqa: E402
 
 # settings that make train.py take a second or two: the end-to-end tests add theirs after these
 TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4', '--eval_iters=2',
@@ -86,3 +87,74 @@ def gpt2_bpe():
     except OSError:  # requests' connection errors are OSErrors
         pytest.skip("tiktoken could not download GPT-2's BPE files: set SEQMATCH_OFFLINE_DATA=DIR with "
                     "DIR/tiktoken_cache/ (README, Tests)")
+
+
+# ----------------------------------------------------------------------------- rows with <bkspc>, by definition
+# (test_seqmatch.py grades the masking with these; test_hf.py holds a Hugging Face model to them too)
+
+
+def final_text(row, bkspc_id):
+    """The text a row ends in, by the definition: each <bkspc> drops the last token."""
+    text = []
+    for tok in row.tolist():
+        text = text[:-1] if tok == bkspc_id else text + [tok]
+    return text
+
+
+def random_trajectories(B, n, n_prompt, bkspc_id, p_bkspc, seed):
+    """Rows with many backspaces, never deleting into the prompt or emptying the row."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(B):
+        row, depth = [], 0
+        for j in range(n):
+            if j >= n_prompt and depth > max(n_prompt, 1) and torch.rand(1, generator=g) < p_bkspc:
+                row.append(bkspc_id)
+                depth -= 1
+            else:
+                row.append(int(torch.randint(0, bkspc_id, (1,), generator=g)))
+                depth += 1
+        rows.append(row)
+    return torch.tensor(rows)
+
+
+def last_logits_of_each_state(model, states):
+    """The model's last logits on each state (a list of token lists), in padded causal forwards of up to 256
+    states: padding after a state's end changes nothing before it."""
+    last = []
+    for k in range(0, len(states), 256):
+        chunk = states[k:k + 256]
+        n = max(len(s) for s in chunk)
+        logits = model(torch.tensor([s + [0] * (n - len(s)) for s in chunk]))
+        last.append(logits[torch.arange(len(chunk)), torch.tensor([len(s) - 1 for s in chunk])])
+    return torch.cat(last)  # (len(states), vocab)
+
+
+def assert_rows_are_the_policy_at_each_state(model, tokens, masked_inputs, bkspc_id, every=1):
+    """The definition of the masking: with masked_inputs = (input_ids, position_ids, removed_at) of the rows tokens,
+    row j of the masked forward equals the model's forward on the state after tokens[:j+1], the position ids are
+    the stack depths (the index of each state's last token in its text), and the input id is that last token.
+    Checked at every position j, or every `every`-th one and the last."""
+    input_ids, position_ids, removed_at = masked_inputs
+    for name, x in zip(('input_ids', 'position_ids', 'removed_at'), masked_inputs):
+        assert x.shape == tokens.shape, f"for tokens of shape {tuple(tokens.shape)}, {name} has shape {tuple(x.shape)}"
+    attn_mask = attention_mask(removed_at)
+    logits = model(input_ids, position_ids=position_ids, attn_mask=attn_mask)
+    n = tokens.size(1)
+    checked = sorted(set(range(0, n, every)) | {n - 1})
+    for b in range(tokens.size(0)):
+        states = {j: final_text(tokens[b, :j + 1], bkspc_id) for j in checked}
+        fresh = dict(zip(checked, last_logits_of_each_state(model, list(states.values()))))
+        for j in checked:
+            where = f"row {b}, position {j} (token {tokens[b, j].item()}, state {states[j]})"
+            assert input_ids[b, j] == states[j][-1], (
+                f"{where}: input id {input_ids[b, j].item()}, expected {states[j][-1]}: the last token of the state "
+                f"(at a <bkspc>, a copy of the token left on top)")
+            assert position_ids[b, j] == len(states[j]) - 1, (
+                f"{where}: position id {position_ids[b, j].item()}, expected {len(states[j]) - 1}: the index of "
+                f"the state's last token in the state's text (the stack depth)")
+            diff = (fresh[j] - logits[b, j]).abs().max().item()
+            assert diff < 1e-5, (
+                f"{where}: logits differ by {diff:.3g} from a fresh forward on the state. Up to here: input_ids "
+                f"{input_ids[b, :j + 1].tolist()}, position_ids {position_ids[b, :j + 1].tolist()}, position {j} "
+                f"attends to {attn_mask[b, j].nonzero()[:, 0].tolist()} (exactly the positions that make up its state)")

@@ -143,33 +143,95 @@ MISTAKES = {
                           "        self.kv[layer, 1, :, :, cache_pos:cache_pos + T] = v",
         "self.kv[layer, 0, :, :, :T] = k\n        self.kv[layer, 1, :, :, :T] = v",
         "3 tokens per call: row 0, position 3: the logits differ"),
+    'soft_values takes exp().sum().log()': (
+        'soft_values', "V = torch.logsumexp(logits, dim=-1)", "V = logits.exp().sum(dim=-1).log()",
+        "exp overflows float32"),
+    'soft_values computes V in bf16, then casts it': (
+        'soft_values', "    logits = logits.float()\n    V = torch.logsumexp(logits, dim=-1)",
+        "    V = torch.logsumexp(logits, dim=-1).float()\n    logits = logits.float()", "compute V in float32"),
+    'SoftValues.forward takes exp().sum().log()': (
+        'SoftValues', "torch.logsumexp(rows[s:s + chunk_rows].float(), dim=-1)",
+        "rows[s:s + chunk_rows].float().exp().sum(dim=-1).log()", "exp overflows float32"),
+    'SoftValues.forward computes V in bf16': (
+        'SoftValues', "torch.logsumexp(rows[s:s + chunk_rows].float(), dim=-1)",
+        "torch.logsumexp(rows[s:s + chunk_rows], dim=-1)", "compute V in float32"),
+    'SoftValues.forward copies the whole logits to float32': (
+        'SoftValues', "rows = logits.flatten(0, 1)  # (B * n, A)", "rows = logits.flatten(0, 1).float()  # (B * n, A)",
+        "a float32 copy of the whole logits"),
+    'SoftValues.forward saves V in bf16 for the backward': (
+        'SoftValues', "ctx.save_for_backward(logits, actions, V)",
+        "ctx.save_for_backward(logits, actions, V.to(logits.dtype))", "from the float32 V"),
+    'SoftValues.backward builds the whole float32 softmax at once': (
+        'SoftValues', """        grad = torch.empty(B * n, A, dtype=logits.dtype, device=logits.device)
+        for s in range(0, B * n, ctx.chunk_rows):
+            chunk = slice(s, s + ctx.chunk_rows)
+            # the V part: softmax(logits) * dV, with softmax = exp(logits - V), in float32
+            if grad.dtype == torch.float32:  # computed in grad's own rows, a pass less than through a temporary
+                torch.sub(rows[chunk], V[chunk, None], out=grad[chunk]).exp_().mul_(dV[chunk, None])
+            else:  # in a float32 temporary, cast into grad's rows (bf16 logits under autocast)
+                grad[chunk] = (rows[chunk].float() - V[chunk, None]).exp_().mul_(dV[chunk, None])
+        grad = grad.view(B, n, A)""",
+        "        grad = (rows.float() - V[:, None]).exp().mul(dV[:, None]).to(logits.dtype).view(B, n, A)",
+        "a whole float32 softmax"),
+    'SoftValues.backward computes the softmax in bf16': (
+        'SoftValues', "grad[chunk] = (rows[chunk].float() - V[chunk, None]).exp_().mul_(dV[chunk, None])",
+        "grad[chunk] = (rows[chunk] - V[chunk, None].to(rows.dtype)).exp_().mul_(dV[chunk, None].to(rows.dtype))",
+        "compute the softmax in float32"),
+    'bc_loss returns a detached loss': (
+        'bc_loss', "return masked_mean(V[:, :-1] - Q[:, 1:], expert[:, 1:])",
+        "return masked_mean(V[:, :-1] - Q[:, 1:], expert[:, 1:]).detach()", "bc_loss is detached"),
+    'generate pads with 0 instead of eos_id': (
+        'generate', "pad_id = eos_id if eos_id is not None else 0", "pad_id = 0", "padded with eos_id"),
+    'generate masks <bkspc> in the logits the model returned': (
+        'generate', "policy_logits = logits[:, -1, :bkspc_id + 1].clone()",
+        "policy_logits = logits[:, -1, :bkspc_id + 1]", "generate changed the logits the model returned"),
+    'generate feeds the stack depth after the push as position id': (
+        'generate', "position_ids=stacks.position_ids[:, j:j + 1]", "position_ids=stacks.depth[:, None]",
+        "the stack depth before the push, not after it"),
+    'generate feeds the token before the newest into the KV cache': (
+        'generate', "stacks.input_ids[:, j:j + 1]", "stacks.input_ids[:, j - 1:j]", "the newest position's token"),
+    "generate's mask leaves out the newest position": (
+        'generate', "attn_mask=stacks.attends(j)", "attn_mask=stacks.attends(j - 1)", "the newest one"),
+    'sample_next does not clamp top_k to the number of actions': (
+        'generate', "torch.topk(logits, min(top_k, logits.size(-1)))", "torch.topk(logits, top_k)",
+        "a top_k above the number of actions keeps them all"),
+    'sample_next fills the logits outside the top k with 0': (
+        'generate', "logits.masked_fill(logits < kth, float('-inf'))", "logits.masked_fill(logits < kth, 0.0)",
+        "a logit is -inf, not 0"),
 }
 
 
+def grade(mistake, copy):
+    """The mistake written into a student copy made in copy (with no exercise blank), graded by its exercise's
+    selection: ({test: passed}, pytest's output), or the error that stopped it."""
+    exercise, reference, wrong, _ = MISTAKES[mistake]
+    make_student_copy([], copy)
+    path = os.path.join(copy, EXERCISES[exercise].path)
+    with open(path) as f:
+        source = f.read()
+    if source.count(reference) != 1:
+        return f"{exercise} changed: update this mistake to its new text"
+    with open(path, 'w') as f:
+        f.write(source.replace(reference, wrong))
+    return run_core_tests(copy, EXERCISES[exercise].selection)
+
+
 @pytest.fixture(scope='module')
-def graded_mistakes(tmp_path_factory):
-    """Each mistake written into a copy of its own and graded by its exercise's selection, two copies at a time:
-    {mistake: ({test: passed}, pytest's output), or the error that stopped it}."""
-    def grade(mistake):
-        exercise, reference, wrong, _ = MISTAKES[mistake]
-        copy = str(tmp_path_factory.mktemp('copy'))
-        make_student_copy([], os.path.join(copy, 'student'))
-        path = os.path.join(copy, 'student', EXERCISES[exercise].path)
-        with open(path) as f:
-            source = f.read()
-        if source.count(reference) != 1:
-            return f"{exercise} changed: update this mistake to its new text"
-        with open(path, 'w') as f:
-            f.write(source.replace(reference, wrong))
-        return run_core_tests(os.path.join(copy, 'student'), EXERCISES[exercise].selection)
+def graded_mistakes(request, tmp_path_factory):
+    """{mistake: a future of grade(mistake)} for the mistakes of the tests that run (all of them, or those that -k
+    selects), graded two copies at a time from the first test on."""
+    selected = [item.callspec.params['mistake'] for item in request.session.items
+                if hasattr(item, 'callspec') and 'mistake' in item.callspec.params]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(MISTAKES, pool.map(grade, MISTAKES)))
+        yield {mistake: pool.submit(grade, mistake, str(tmp_path_factory.mktemp('copy') / 'student'))
+               for mistake in selected}
 
 
 @pytest.mark.parametrize('mistake', MISTAKES)
 def test_a_wrong_exercise_fails_with_a_message_that_says_what_is_off(graded_mistakes, mistake):
     exercise, _, _, message = MISTAKES[mistake]
-    assert not isinstance(graded_mistakes[mistake], str), graded_mistakes[mistake]
-    graded, output = graded_mistakes[mistake]
+    result = graded_mistakes[mistake].result()
+    assert not isinstance(result, str), result
+    graded, output = result
     assert not all(graded.values()), f"{mistake}, and yet every test of -k '{EXERCISES[exercise].selection}' passes"
     assert message in output, f"{mistake}: the failure should say '{message}'; it says:\n{output[-3000:]}"

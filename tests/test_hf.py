@@ -16,7 +16,7 @@ transformers = pytest.importorskip('transformers', reason="needs the optional tr
                                                           "pip install -r requirements-extra.txt")
 
 from conftest import ROOT, checkpoint, run  # noqa: E402
-from test_seqmatch import assert_rows_are_the_policy_at_each_state, final_text, random_trajectories  # noqa: E402
+from conftest import assert_rows_are_the_policy_at_each_state, final_text, random_trajectories  # noqa: E402
 from batches import token_file  # noqa: E402
 from checkpoint import load_model, model_from_args, save_checkpoint  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402

@@ -224,8 +224,9 @@ def test_the_logged_bc_loss_is_its_definition_on_the_data_rows(shakespeare_char,
         tokens, actions, valid, input_ids, position_ids, removed_at = batches[r['iter'] - 1]  # its data rows
         with torch.no_grad():
             logits = model(input_ids, position_ids=position_ids, attn_mask=attention_mask(removed_at)).double()
-        def cross_entropy(log_probs):  # of the expert's action into each position j >= 1, on the valid ones
-            return -log_probs[:, :-1].gather(-1, actions[:, 1:, None])[..., 0][valid[:, 1:]].mean().item()
+        def cross_entropy(log_probs):  # of the expert's action into each valid position j >= 1, term by term
+            transitions = [(b, j) for b, j in valid.nonzero().tolist() if j >= 1]
+            return math.fsum(-log_probs[b, j - 1, actions[b, j]].item() for b, j in transitions) / len(transitions)
         want = cross_entropy(logits[..., :bk + 1].log_softmax(-1))
         padded = cross_entropy(logits.log_softmax(-1))
         hint = ("that is the softmax over the padding ids too: read the logits of the action space, "
