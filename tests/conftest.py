@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import subprocess
@@ -158,3 +159,120 @@ def assert_rows_are_the_policy_at_each_state(model, tokens, masked_inputs, bkspc
                 f"{where}: logits differ by {diff:.3g} from a fresh forward on the state. Up to here: input_ids "
                 f"{input_ids[b, :j + 1].tolist()}, position_ids {position_ids[b, :j + 1].tolist()}, position {j} "
                 f"attends to {attn_mask[b, j].nonzero()[:, 0].tolist()} (exactly the positions that make up its state)")
+
+
+# -----------------------------------------------------------------------------
+# Hugging Face models (test_hf.py, test_gguf.py, test_ddp.py): tiny random Llama, Qwen2 and GPT-2 models built from
+# config objects, with a BPE tokenizer trained here on Tiny Shakespeare, saved to folders and loaded from them as a
+# user loads a local model. Offline (HF_HUB_OFFLINE=1): nothing is downloaded.
+
+HF_BK = 320  # <bkspc>: the tokenizer below has 320 tokens, <|endoftext|> (eos) at 0
+# settings that make a Hugging Face run take seconds (the model's own shape comes from its folder)
+TINY_HF = ['--block_size=32', '--batch_size=4', '--eval_iters=2', '--log_interval=2', '--warmup_iters=2',
+           '--lr_decay_iters=40', '--prompt_len=8', '--model_batch_size=2', '--rollouts_per_sample=4',
+           '--sample_interval=5', '--buffer_size=8', '--device=cpu', '--learning_rate=1e-2']
+
+
+@pytest.fixture(scope='module')
+def offline_on_one_thread():
+    """No script reaches the hub; every run takes one thread: resuming is bit for bit on one thread only, and
+    models this small run far faster on one than on two threads of a shared CPU."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv('HF_HUB_OFFLINE', '1')
+        env.setenv('OMP_NUM_THREADS', '1')
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='session')
+def hf_dirs(shakespeare_char, tmp_path_factory):
+    """{name: folder} of tiny models, each with the same tokenizer: 'llama' (an untied output layer, grouped-query
+    attention, no row to spare for <bkspc>), 'qwen2' (tied, 16 padding rows), 'gpt2' (tied, learned positions, Conv1D
+    layers), and 't5', a model that is not a causal LM (its config alone). 'docs': a text file of documents."""
+    transformers = pytest.importorskip('transformers', reason="needs the optional transformers: "
+                                                              "pip install -r requirements-extra.txt")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    root = tmp_path_factory.mktemp('hf')
+    text = open(os.path.join(ROOT, 'data', 'shakespeare_char', 'input.txt')).read()[:60_000]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    bpe.train_from_iterator([text], trainers.BpeTrainer(vocab_size=HF_BK, special_tokens=['<|endoftext|>'],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token='<|endoftext|>')
+    assert len(tokenizer) == HF_BK
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=128, bos_token_id=0, eos_token_id=0)
+    configs = {'llama': transformers.LlamaConfig(vocab_size=HF_BK, tie_word_embeddings=False, **shape),
+               'qwen2': transformers.Qwen2Config(vocab_size=HF_BK + 16, tie_word_embeddings=True, **shape),
+               'gpt2': transformers.GPT2Config(vocab_size=HF_BK, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                                               bos_token_id=0, eos_token_id=0)}
+    dirs = {}
+    for name, config in configs.items():
+        torch.manual_seed(0)
+        dirs[name] = str(root / name)
+        transformers.AutoModelForCausalLM.from_config(config).save_pretrained(dirs[name])
+        tokenizer.save_pretrained(dirs[name])
+    dirs['t5'] = str(root / 't5')
+    transformers.T5Config(vocab_size=HF_BK, d_model=16, d_ff=32, num_layers=1, num_heads=2).save_pretrained(dirs['t5'])
+    tokenizer.save_pretrained(dirs['t5'])
+    dirs['docs'] = str(root / 'docs.txt')
+    with open(dirs['docs'], 'w') as f:
+        f.write(text)  # Shakespeare's speeches are separated by blank lines: each is a document
+    return dirs
+
+
+@pytest.fixture(scope='session')
+def hf_data(hf_dirs, tmp_path_factory):
+    """The documents prepared in the tiny models' tokenizer, as a user prepares them."""
+    data = str(tmp_path_factory.mktemp('hf_data') / 'data')
+    result = run('data/openwebtext/prepare.py', f"--input={hf_dirs['docs']}", f'--out_dir={data}',
+                 f"--tokenizer=hf:{hf_dirs['llama']}")
+    assert 'documents, the last' in result.stdout
+    return data
+
+
+def hf_train_args(hf_dirs, hf_data, arch, out_dir, *args):
+    """The arguments of train.py fine-tuning one of the tiny models on hf_data."""
+    return ('train.py', f'--init_from=hf:{hf_dirs[arch]}', f'--dataset={hf_data}', f'--out_dir={out_dir}', *TINY_HF,
+            *args)
+
+
+RUN_SCRIPTS = """
+import contextlib, io, json, os, runpy, sys
+sys.path.insert(0, os.getcwd())  # the repository, as when a script is run directly
+for script, *args in json.loads(sys.argv[1]):
+    sys.argv, out, stop = [script, *args], io.StringIO(), None
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(script, run_name='__main__')
+    except SystemExit as e:  # what the shell shows of it: str(e.code), on stderr
+        stop = str(e.code)
+    print(json.dumps([out.getvalue(), stop]))
+"""
+
+
+def run_scripts(*runs):
+    """Runs each (script, *args) as `python script *args` runs it, one after another in one process, which imports
+    torch, transformers and peft once (most of a tiny run's time). Returns [(its stdout, what it stopped with: the
+    message of its SystemExit, or None)]."""
+    result = run('-c', RUN_SCRIPTS, json.dumps(runs))
+    return [tuple(json.loads(line)) for line in result.stdout.splitlines()]
+
+
+class Recorded(torch.nn.Module):
+    """A model whose <bkspc> logit is raised (its rollouts delete often), recording the logits of each call's last
+    position as the model computed them: the policy of each rollout step."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config, self.seen = model, model.config, []
+
+    def new_kv_cache(self, batch_size, max_len):
+        return self.model.new_kv_cache(batch_size, max_len)
+
+    def forward(self, idx, **kwargs):
+        logits = self.model(idx, **kwargs)
+        self.seen.append(logits[:, -1])
+        return logits + 6.0 * (torch.arange(logits.size(-1)) == HF_BK)

@@ -14,7 +14,7 @@ from checkpoint import load_checkpoint
 
 HF = importlib.util.find_spec('peft') is not None and importlib.util.find_spec('transformers') is not None
 if HF:  # test_hf.py skips itself without them
-    from test_hf import TINY_HF, hf_data, hf_dirs, train_args  # noqa: F401 (fixtures: the tiny models, their data)
+    from conftest import TINY_HF, hf_train_args  # and conftest's fixtures: the tiny models, their data
 TORCHRUN = (sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2')
 
 EACH_RANK_SAVES = """
@@ -57,7 +57,7 @@ def test_torchrun_two_processes_fine_tune_a_hugging_face_model_with_lora(hf_dirs
     script.write_text(EACH_RANK_SAVES)
     straight, stopped = tmp_path / 'straight', tmp_path / 'stopped'
     settings = ['--objective=seqmatch', '--eval_interval=4', '--bc_warmup_iters=3']
-    _, *args = train_args(hf_dirs, hf_data, 'llama', straight, *settings, '--max_iters=8')
+    _, *args = hf_train_args(hf_dirs, hf_data, 'llama', straight, *settings, '--max_iters=8')
     result = run(str(script), *args, launcher=TORCHRUN)
     assert '2 process(es)' in result.stdout and 'iter 3: SequenceMatch switches on' in result.stdout
     saved = checkpoint(straight)
@@ -71,7 +71,7 @@ def test_torchrun_two_processes_fine_tune_a_hugging_face_model_with_lora(hf_dirs
     replays = [p['replay']['tokens'] for p in saved['processes']]
     assert len(replays) == 2 and not torch.equal(*replays), "the processes rolled out the same rows"
 
-    run(*train_args(hf_dirs, hf_data, 'llama', stopped, *settings, '--max_iters=4'), launcher=TORCHRUN)
+    run(*hf_train_args(hf_dirs, hf_data, 'llama', stopped, *settings, '--max_iters=4'), launcher=TORCHRUN)
     result = run('train.py', '--init_from=resume', f'--out_dir={stopped}', f'--dataset={hf_data}', *TINY_HF,
                  *settings, '--max_iters=8', launcher=TORCHRUN)
     assert 'resuming training from' in result.stdout and 'iter 6:' in result.stdout

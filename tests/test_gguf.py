@@ -17,13 +17,14 @@ gguf = pytest.importorskip('gguf', reason="needs the optional gguf: pip install 
 transformers = pytest.importorskip('transformers', reason="needs the optional transformers: "
                                                           "pip install -r requirements-extra.txt")
 
-from conftest import ROOT, checkpoint, run  # noqa: E402
-from test_hf import BK, TINY_HF, Recorded, run_scripts  # noqa: E402
-from test_hf import hf_dirs, offline_on_one_thread  # noqa: E402,F401 (fixtures: the tiny models; offline, 1 thread)
+from conftest import ROOT, checkpoint  # noqa: E402
+from conftest import HF_BK as BK, TINY_HF, Recorded, run_scripts  # noqa: E402
 from batches import token_file  # noqa: E402
 from checkpoint import load_model, model_from_args  # noqa: E402
 from seqmatch import generate  # noqa: E402
 from tokenizer import hf_meta, load_hf_tokenizer  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures('offline_on_one_thread')  # conftest's: offline, one thread
 
 # llama.cpp's names of a Llama's tensors
 GGUF_NAMES = {'model.embed_tokens.weight': 'token_embd.weight', 'model.norm.weight': 'output_norm.weight',

@@ -2,7 +2,6 @@
 built from config objects, with a BPE tokenizer trained here on Tiny Shakespeare, saved to folders and loaded from
 them as a user loads a local model. Offline (HF_HUB_OFFLINE=1): nothing is downloaded."""
 import dataclasses
-import json
 import os
 import pickle
 import random
@@ -15,7 +14,7 @@ peft = pytest.importorskip('peft', reason="needs the optional peft: pip install 
 transformers = pytest.importorskip('transformers', reason="needs the optional transformers: "
                                                           "pip install -r requirements-extra.txt")
 
-from conftest import ROOT, checkpoint, run  # noqa: E402
+from conftest import HF_BK, TINY_HF, Recorded, checkpoint, hf_train_args, run, run_scripts  # noqa: E402
 from conftest import assert_rows_are_the_policy_at_each_state, final_text, random_trajectories  # noqa: E402
 from batches import token_file  # noqa: E402
 from checkpoint import load_model, model_from_args, save_checkpoint  # noqa: E402
@@ -23,104 +22,15 @@ from model import GPT, GPTConfig  # noqa: E402
 from seqmatch import attention_mask, backspace_inputs, bc_loss, generate, soft_values  # noqa: E402
 from tokenizer import check_tokenizer, hf_meta  # noqa: E402
 
-BK = 320  # <bkspc>: the tokenizer below has 320 tokens, <|endoftext|> (eos) at 0
-# settings that make a Hugging Face run take seconds (the model's own shape comes from its folder)
-TINY_HF = ['--block_size=32', '--batch_size=4', '--eval_iters=2', '--log_interval=2', '--warmup_iters=2',
-           '--lr_decay_iters=40', '--prompt_len=8', '--model_batch_size=2', '--rollouts_per_sample=4',
-           '--sample_interval=5', '--buffer_size=8', '--device=cpu', '--learning_rate=1e-2']
-
-
-@pytest.fixture(scope='module', autouse=True)
-def offline_on_one_thread():
-    """No script reaches the hub; every run takes one thread: resuming is bit for bit on one thread only, and
-    models this small run far faster on one than on two threads of a shared CPU."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv('HF_HUB_OFFLINE', '1')
-        env.setenv('OMP_NUM_THREADS', '1')
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        yield
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope='session')
-def hf_dirs(shakespeare_char, tmp_path_factory):
-    """{name: folder} of tiny models, each with the same tokenizer: 'llama' (an untied output layer, grouped-query
-    attention, no row to spare for <bkspc>), 'qwen2' (tied, 16 padding rows), 'gpt2' (tied, learned positions, Conv1D
-    layers), and 't5', a model that is not a causal LM (its config alone). 'docs': a text file of documents."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    root = tmp_path_factory.mktemp('hf')
-    text = open(os.path.join(ROOT, 'data', 'shakespeare_char', 'input.txt')).read()[:60_000]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    bpe.train_from_iterator([text], trainers.BpeTrainer(vocab_size=BK, special_tokens=['<|endoftext|>'],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token='<|endoftext|>')
-    assert len(tokenizer) == BK
-    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=128, bos_token_id=0, eos_token_id=0)
-    configs = {'llama': transformers.LlamaConfig(vocab_size=BK, tie_word_embeddings=False, **shape),
-               'qwen2': transformers.Qwen2Config(vocab_size=BK + 16, tie_word_embeddings=True, **shape),
-               'gpt2': transformers.GPT2Config(vocab_size=BK, n_embd=32, n_layer=2, n_head=4, n_positions=128,
-                                               bos_token_id=0, eos_token_id=0)}
-    dirs = {}
-    for name, config in configs.items():
-        torch.manual_seed(0)
-        dirs[name] = str(root / name)
-        transformers.AutoModelForCausalLM.from_config(config).save_pretrained(dirs[name])
-        tokenizer.save_pretrained(dirs[name])
-    dirs['t5'] = str(root / 't5')
-    transformers.T5Config(vocab_size=BK, d_model=16, d_ff=32, num_layers=1, num_heads=2).save_pretrained(dirs['t5'])
-    tokenizer.save_pretrained(dirs['t5'])
-    dirs['docs'] = str(root / 'docs.txt')
-    with open(dirs['docs'], 'w') as f:
-        f.write(text)  # Shakespeare's speeches are separated by blank lines: each is a document
-    return dirs
-
-
-@pytest.fixture(scope='module')
-def hf_data(hf_dirs, tmp_path_factory):
-    """The documents prepared in the tiny models' tokenizer, as a user prepares them."""
-    data = str(tmp_path_factory.mktemp('hf_data') / 'data')
-    result = run('data/openwebtext/prepare.py', f"--input={hf_dirs['docs']}", f'--out_dir={data}',
-                 f"--tokenizer=hf:{hf_dirs['llama']}")
-    assert 'documents, the last' in result.stdout
-    return data
-
-
-def train_args(hf_dirs, hf_data, arch, out_dir, *args):
-    """The arguments of train.py fine-tuning one of the tiny models on hf_data."""
-    return ('train.py', f'--init_from=hf:{hf_dirs[arch]}', f'--dataset={hf_data}', f'--out_dir={out_dir}', *TINY_HF,
-            *args)
-
-
-RUN_SCRIPTS = """
-import contextlib, io, json, os, runpy, sys
-sys.path.insert(0, os.getcwd())  # the repository, as when a script is run directly
-for script, *args in json.loads(sys.argv[1]):
-    sys.argv, out, stop = [script, *args], io.StringIO(), None
-    try:
-        with contextlib.redirect_stdout(out):
-            runpy.run_path(script, run_name='__main__')
-    except SystemExit as e:  # what the shell shows of it: str(e.code), on stderr
-        stop = str(e.code)
-    print(json.dumps([out.getvalue(), stop]))
-"""
-
-
-def run_scripts(*runs):
-    """Runs each (script, *args) as `python script *args` runs it, one after another in one process, which imports
-    torch, transformers and peft once (most of a tiny run's time). Returns [(its stdout, what it stopped with: the
-    message of its SystemExit, or None)]."""
-    result = run('-c', RUN_SCRIPTS, json.dumps(runs))
-    return [tuple(json.loads(line)) for line in result.stdout.splitlines()]
+BK = HF_BK
+pytestmark = pytest.mark.usefixtures('offline_on_one_thread')
 
 
 @pytest.fixture(scope='module')
 def seqmatch_run(hf_dirs, hf_data, tmp_path_factory):
     """SequenceMatch with LoRA on the Llama for 8 iterations (on from iteration 3): its out_dir."""
     out = str(tmp_path_factory.mktemp('hf_seqmatch') / 'straight')
-    result = run(*train_args(hf_dirs, hf_data, 'llama', out, '--objective=seqmatch', '--max_iters=8',
+    result = run(*hf_train_args(hf_dirs, hf_data, 'llama', out, '--objective=seqmatch', '--max_iters=8',
                              '--eval_interval=4', '--bc_warmup_iters=3'))
     assert 'iter 3: SequenceMatch switches on' in result.stdout and 'reward_model' in result.stdout
     return out
@@ -149,23 +59,6 @@ def load_hf(hf_dirs, arch, **settings):
             if p.requires_grad:
                 p.add_(0.1 * torch.randn_like(p))
     return model
-
-
-class Recorded(torch.nn.Module):
-    """A model whose <bkspc> logit is raised (its rollouts delete often), recording the logits of each call's last
-    position as the model computed them: the policy of each rollout step."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.config, self.seen = model, model.config, []
-
-    def new_kv_cache(self, batch_size, max_len):
-        return self.model.new_kv_cache(batch_size, max_len)
-
-    def forward(self, idx, **kwargs):
-        logits = self.model(idx, **kwargs)
-        self.seen.append(logits[:, -1])
-        return logits + 6.0 * (torch.arange(logits.size(-1)) == BK)
 
 
 @pytest.mark.parametrize('attention', ['sdpa', 'eager'])
@@ -297,9 +190,9 @@ def test_train_mle_and_bc(hf_dirs, hf_data, tmp_path):
     """MLE with LoRA on GPT-2 with eager attention; BC on Qwen2 training every weight, with gradient checkpointing."""
     mle, bc = str(tmp_path / 'mle'), str(tmp_path / 'bc')
     outputs = run_scripts(
-        train_args(hf_dirs, hf_data, 'gpt2', mle, '--objective=mle', '--max_iters=4', '--eval_interval=4',
+        hf_train_args(hf_dirs, hf_data, 'gpt2', mle, '--objective=mle', '--max_iters=4', '--eval_interval=4',
                    '--attn_implementation=eager'),
-        train_args(hf_dirs, hf_data, 'qwen2', bc, '--objective=bc', '--max_iters=4', '--eval_interval=4',
+        hf_train_args(hf_dirs, hf_data, 'qwen2', bc, '--objective=bc', '--max_iters=4', '--eval_interval=4',
                    '--lora_rank=0', '--gradient_checkpointing=True'))
     for out, stop in outputs:
         assert stop is None and 'step 4: train loss' in out and 'iter 4: loss' in out, (out, stop)
@@ -313,7 +206,7 @@ def test_resume_continues_exactly(hf_dirs, hf_data, seqmatch_run, tmp_path):
     """Stopped at iteration 4 and resumed to 8, SequenceMatch on since 3: the weights of the run never stopped, bit for
     bit (one thread, see offline_on_one_thread)."""
     args = ['--objective=seqmatch', '--eval_interval=4', '--bc_warmup_iters=3']
-    run(*train_args(hf_dirs, hf_data, 'llama', tmp_path, *args, '--max_iters=4'))
+    run(*hf_train_args(hf_dirs, hf_data, 'llama', tmp_path, *args, '--max_iters=4'))
     result = run('train.py', '--init_from=resume', f'--out_dir={tmp_path}', f'--dataset={hf_data}', *TINY_HF, *args,
                  '--max_iters=8')
     assert 'resuming training from' in result.stdout and 'iter 6:' in result.stdout
