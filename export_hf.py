@@ -3,7 +3,7 @@ Export a run that fine-tuned a Hugging Face model (train.py's init_from='hf:...'
 model directory: the weights with the LoRA adapters and the <bkspc> rows merged in, and the
 tokenizer with <bkspc> (the id right after the base vocabulary, as in training), so that
 AutoModelForCausalLM.from_pretrained(DIR) loads it anywhere.
-$ python export_hf.py --out_dir=out-hf-lora-seqmatch --to=smollm2-seqmatch
+$ python export_hf.py --out_dir=out-hf-lora-seqmatch --to=out-smollm2-export
 """
 import os
 

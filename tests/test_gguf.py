@@ -211,7 +211,7 @@ def docs_python_block():
 
 
 def test_the_docs_sampling_lines_follow_seqmatch_generate_at_every_state(gguf_run, tmp_path, monkeypatch, capsys):
-    """docs/huggingface.md's block, run as it is on the export (in a folder where 'smollm2-seqmatch' is the export),
+    """docs/huggingface.md's block, run as it is on the export (in a folder where 'out-smollm2-export' is the export),
     with seqmatch.generate's actions forced on its torch.multinomial: at every state its policy is generate's (the
     model on that state, <bkspc> masked out where only the prompt is left), it asks for as many actions, and it
     prints the text that generate's actions leave."""
@@ -230,7 +230,7 @@ def test_the_docs_sampling_lines_follow_seqmatch_generate_at_every_state(gguf_ru
         return torch.tensor([next(forced)])
     monkeypatch.setattr(torch, 'multinomial', forced_multinomial)
     monkeypatch.chdir(tmp_path)
-    os.symlink(export, 'smollm2-seqmatch')
+    os.symlink(export, 'out-smollm2-export')
     exec(docs_python_block(), {})
     assert len(policies) == len(actions)
     state = list(prompt)

@@ -32,12 +32,11 @@ def test_show_edits_writes_characters_that_span_several_bpe_tokens(gpt2_bpe):
     """A byte-level BPE splits some characters over tokens, which decode to '�' one at a time: as typed, each run of
     kept or deleted tokens is decoded at once."""
     tokenizer = Tokenizer({'tokenizer': 'gpt2', 'bkspc_id': 50257, 'eos_id': 50256})
-    kept, deleted = tokenizer.encode('well 😀 met'), tokenizer.encode(' 🎩')
-    assert len(tokenizer.encode('😀')) > 1, "the test needs a character of several tokens"
-    typed = kept[:2] + deleted + [50257] * len(deleted) + kept[2:]
-    shown = tokenizer.typed_text(typed, list(range(2, 2 + len(deleted))), strike=False)
-    assert shown == tokenizer.decode(kept[:2]) + ' 🎩' + '⌫' * len(deleted) + tokenizer.decode(kept[2:]), shown
-    assert '�' not in shown
+    before, deleted, after = (tokenizer.encode(text) for text in ('well 😀', ' 🎩', ' met'))
+    assert len(tokenizer.encode('😀')) > 1 and len(deleted) > 1, "the test needs characters of several tokens"
+    typed = before + deleted + [50257] * len(deleted) + after
+    shown = tokenizer.typed_text(typed, list(range(len(before), len(before) + len(deleted))), strike=False)
+    assert shown == 'well 😀 🎩' + '⌫' * len(deleted) + ' met', shown
 
 
 def test_bad_settings_stop_sample_in_one_line(char_model, tmp_path):
@@ -76,4 +75,4 @@ def test_bpe_run_without_the_bpe_files_is_a_one_line_error(tmp_path, monkeypatch
         assert result.returncode != 0, script
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and 'TIKTOKEN_CACHE_DIR' in lines[0], (script, result.stderr)
-        assert lines[0].startswith("tiktoken could not download GPT-2's BPE files ("), (script, lines[0])
+        assert "tiktoken could not download GPT-2's BPE files (" in lines[0], (script, lines[0])
