@@ -101,7 +101,7 @@ try:
             if s in arm_seeds[arm]:
                 train(os.path.join(out_root, f'{prefix}-{s}'), args, s)
     if not featurizer and recipe == 'smollm2':
-        featurizer = 'smollm2.gguf'  # the base model, as the paper's featurizer was a pretrained LM
+        featurizer = 'models/smollm2'  # the base model, as the paper's featurizer was a pretrained LM
     if not featurizer:
         train(os.path.join(out_root, 'featurizer'), ['config/shakespeare_char_mle.py'], FEATURIZER_SEED)
         featurizer = os.path.join(out_root, 'featurizer', 'ckpt.pt')
