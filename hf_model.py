@@ -35,7 +35,7 @@ EXACT_ATTENTION = ('sdpa', 'eager')  # the attention implementations that take t
 
 @dataclasses.dataclass
 class HFConfig:
-    hf_name: str  # the base model and its tokenizer: a hub id or a local directory
+    hf_name: str  # the base model and its tokenizer: a hub id, a local directory or a .gguf file
     block_size: int  # longest row
     vocab_size: int = 0  # rows of the output: the base vocabulary, <bkspc>, padding; set when the model is built
     lora_rank: int = 8  # 0: every weight is trained

@@ -41,7 +41,7 @@ eval_interval = 250  # evaluate (and checkpoint) every this many iterations
 log_interval = 10  # print training stats every this many iterations
 eval_iters = 20  # batches per evaluation
 eval_only = False  # evaluate once and exit
-init_from = 'scratch'  # 'scratch', 'resume' (from out_dir), 'gpt2*', 'hf:<hub id or local dir>', or a run's ckpt.pt
+init_from = 'scratch'  # 'scratch', 'resume' (from out_dir), 'gpt2*', 'hf:<hub id, folder or .gguf>', or a run's ckpt.pt
 overwrite = False  # True: a new run may replace the checkpoint (and log) of an earlier run in out_dir
 # data
 dataset = 'shakespeare_char'  # a folder data/<dataset>/, or a path to one, with train.bin, val.bin, meta.pkl
