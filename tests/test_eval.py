@@ -189,3 +189,12 @@ def test_results_regenerates_the_table_over_seeds(shakespeare_char, tmp_path):
     best = [min(json.loads(line)['val_loss'] for line in open(tmp_path / f'mle-{seed}' / 'log.jsonl')
                 if 'val_loss' in line) for seed in (1337, 1338)]
     assert rows['MLE'][0] == f"{sum(best) / 2:.4f} ± {abs(best[0] - best[1]) / math.sqrt(2):.4f}"
+
+
+def test_mauve_keeps_faiss_quiet():
+    """faiss's k-means warns from C++ on stderr at each of MAUVE's runs (fewer than 39 points per cluster, as
+    mauve-text always sets it): nothing a user can act on, so nothing is printed; stderr works again after it."""
+    result = run('-c', "import sys, numpy as np, textmetrics; rng = np.random.default_rng(0); "
+                       "x, y = (rng.normal(size=(200, 8)).astype('float32') for _ in range(2)); "
+                       "print(textmetrics.mauve(x, y, 5.0, 0)); print('after', file=sys.stderr)")
+    assert 0 < float(result.stdout) <= 1 and result.stderr.strip() == 'after', result.stderr
