@@ -37,7 +37,7 @@ featurizer = ''  # MAUVE's featurizer for eval.py; '' = the recipe's (shakespear
 exec(open('configurator.py').read())  # overrides from the command line or a config file
 
 SMOLLM2 = 'config/smollm2_shakespeare.py'
-RECIPES = {  # recipe: [(name, out_dir prefix, the README's train.py arguments)]
+ARMS = {  # recipe: [(name, out_dir prefix, the README's train.py arguments)]
     'shakespeare_char': [
         ('MLE', 'mle', ['config/shakespeare_char_mle.py']),
         ('BC', 'bc', ['config/shakespeare_seqmatch.py', '--objective=bc']),
@@ -52,9 +52,13 @@ RECIPES = {  # recipe: [(name, out_dir prefix, the README's train.py arguments)]
         ('SequenceMatch', 'seqmatch', [SMOLLM2]),
     ],
 }
-if recipe not in RECIPES:
-    raise SystemExit(f"recipe={recipe!r}: expected one of {', '.join(RECIPES)}")
-ARMS = RECIPES[recipe]
+EVAL_ARGS = {  # recipe: eval.py's settings (the smollm2 runs: 32-action continuations of 32-token prompts)
+    'shakespeare_char': [],
+    'smollm2': ['--num_samples=256', '--sampling_seeds=1', '--eval_iters=10', '--prompt_len=32',
+                '--max_new_tokens=32'],
+}
+if recipe not in ARMS:
+    raise SystemExit(f"recipe={recipe!r}: expected one of {', '.join(ARMS)}")
 # shakespeare_char: a seed that no arm uses: the featurizer, trained on data alone, never saw any
 # arm's samples or weights
 FEATURIZER_SEED = 0
@@ -93,11 +97,12 @@ def run_record(out_dir):
 
 try:
     seed_list = [1337 + k for k in range(seeds)]
+    arms = ARMS[recipe]
     # the base model does not train: one run of it (its row's spread is 0)
-    arm_seeds = {arm: seed_list[:1] if prefix == 'base' else seed_list for arm, prefix, _ in ARMS}
-    runs = {arm: [os.path.join(out_root, f'{prefix}-{s}') for s in arm_seeds[arm]] for arm, prefix, _ in ARMS}
+    arm_seeds = {arm: seed_list[:1] if prefix == 'base' else seed_list for arm, prefix, _ in arms}
+    runs = {arm: [os.path.join(out_root, f'{prefix}-{s}') for s in arm_seeds[arm]] for arm, prefix, _ in arms}
     for s in seed_list:
-        for arm, prefix, args in ARMS:
+        for arm, prefix, args in arms:
             if s in arm_seeds[arm]:
                 train(os.path.join(out_root, f'{prefix}-{s}'), args, s)
     if not featurizer and recipe == 'smollm2':
@@ -107,7 +112,7 @@ try:
         featurizer = os.path.join(out_root, 'featurizer', 'ckpt.pt')
     table_path = os.path.join(out_root, 'eval.json')
     run('eval.py', f"--out_dirs={','.join(d for dirs in runs.values() for d in dirs)}", '--mauve=True',
-        f'--featurizer={featurizer}', f'--json_path={table_path}', *shlex.split(eval_args))
+        f'--featurizer={featurizer}', f'--json_path={table_path}', *EVAL_ARGS[recipe], *shlex.split(eval_args))
     with open(table_path) as f:
         table = json.load(f)
     by_dir = {row['out_dir']: row['values'] for row in table['rows']}
