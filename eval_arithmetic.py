@@ -74,16 +74,18 @@ def answer_questions(model, tokenizer, problems, temp, n_samples, allow_bkspc=Tr
 @torch.no_grad()
 def mistake_detection(model, tokenizer, problems, gamma):
     """Teacher-forced over every answer character (the newline included) of the split's questions:
-    P(right): the policy's probability of the right character, given that it writes one (not
-    <bkspc>), over all answer characters, at the first one, and at the end of line; P(<bkspc> after
-    a mistake): the chance of deleting a wrong character w just written, weighted by the policy's
-    P(w), i.e. averaged over the model's own likely mistakes; P(<bkspc> after the right character):
-    the chance of deleting a right one; the round trip r(u, w) + gamma * r(u + w, <bkspc>) of those
-    mistakes, with the implicit rewards r = l(a|u) - gamma * V(u') of the logits: the soft-Q policy
-    writes w with probability at least exp(round trip - (1 - gamma^2) V(u)), so only a clearly
-    negative round trip keeps mistakes unlikely; r at the end of line: l(eos|u), since V = 0 after
-    the episode ends. A <bkspc> returns the model to the state it was in, so sampling gains from it
-    only as far as the second number is above the third."""
+      P(right): the policy's probability of the right character, given that it writes one (not
+          <bkspc>), over all answer characters, at the first one, and at the end of line;
+      P(<bkspc> after a mistake): the chance of deleting a wrong character w just written, weighted
+          by the policy's P(w), i.e. averaged over the model's own likely mistakes;
+      P(<bkspc> after the right character): the chance of deleting a right one;
+      the round trip r(u, w) + gamma * r(u + w, <bkspc>) of those mistakes, with the implicit
+          rewards r = l(a|u) - gamma * V(u') of the logits: the soft-Q policy writes w with
+          probability at least exp(round trip - (1 - gamma^2) V(u)), so only a clearly negative round
+          trip keeps mistakes unlikely;
+      r at the end of line: l(eos|u), since V = 0 after the episode ends.
+    A <bkspc> returns the model to the state it was in, so sampling gains from it only as far as the
+    second number is above the third."""
     bk = tokenizer.bkspc_id
     stats = {k: [] for k in ('p_right', 'p_right_first', 'p_right_eol', 'p_bk_wrong', 'p_bk_right',
                              'round_trip', 'r_eos')}
