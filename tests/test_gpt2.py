@@ -3,6 +3,7 @@ import os
 import pickle
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,10 +62,16 @@ def test_gpt2_weights_load_exactly(tmp_path):
     assert torch.allclose(bkspc_row, hf.transformer.wte.weight.mean(dim=0))  # <bkspc> starts as the mean token
 
 
-def test_gpt2_weights_without_transformers_say_what_to_install(shakespeare_char, tmp_path):
+def test_gpt2_weights_without_transformers_say_what_to_install(tmp_path):
+    data = tmp_path / 'bpe'  # GPT-2 BPE data, as data/shakespeare/prepare.py writes it, without needing tiktoken
+    data.mkdir()
+    with open(data / 'meta.pkl', 'wb') as f:
+        pickle.dump({'tokenizer': 'gpt2', 'vocab_size': 50304, 'bkspc_id': 50257, 'eos_id': 50256}, f)
+    for split in ('train', 'val'):
+        np.random.default_rng(0).integers(0, 50257, 2000, dtype=np.uint16).tofile(data / f'{split}.bin')
     hide = ("import sys; sys.modules['transformers'] = None; "
-            f"sys.argv = ['train.py', '--init_from=gpt2', '--out_dir={tmp_path}', '--device=cpu']; "
-            "exec(open('train.py').read())")
+            f"sys.argv = ['train.py', '--init_from=gpt2', '--dataset={data}', '--out_dir={tmp_path / 'out'}', "
+            "'--device=cpu']; exec(open('train.py').read())")
     result = run('-c', hide, check=False)
     assert result.returncode != 0
     message = result.stderr.strip()
