@@ -1,7 +1,7 @@
 # The paper's text experiment in miniature, on a laptop CPU: a real pretrained LM, SmolLM2-135M-Instruct (from its
 # 4-bit GGUF file, dequantized; LoRA on top, the paper's QLoRA in spirit), fine-tuned on Tiny Shakespeare
-# continuations with SequenceMatch (results.py --recipe=smollm2 adds MLE and BC). README, "A pretrained LM on a CPU":
-# the commands that write the model directory and prepare the data. 12 minutes alone on a 2-core CPU.
+# continuations with SequenceMatch (results.py --recipe=smollm2 adds MLE and BC). docs/huggingface.md has the commands
+# that write the model directory and prepare the data. About 11 minutes alone on a 2-core CPU.
 out_dir = 'out-smollm2-seqmatch'
 dataset = 'data/shakespeare_smollm2'  # Tiny Shakespeare's speeches in SmolLM2's tokenizer, each ended by its eos
 init_from = 'hf:models/smollm2'  # export_hf.py --gguf's directory (hf:<the .gguf file> works too, slower to load)
