@@ -27,6 +27,17 @@ torch.save(done['raw_model'].state_dict(), os.path.join(done['out_dir'], f"weigh
 """
 
 
+def assert_ranks_agree(out, saved):
+    """The weights each of the two processes saved (EACH_RANK_SAVES) are equal, and are ckpt.pt's (saved); the
+    processes' replay buffers differ (each its own rollouts)."""
+    rank_0, rank_1 = (load_checkpoint(str(out / f'weights_of_rank_{r}.pt')) for r in (0, 1))
+    for name, weight in saved['model'].items():
+        assert torch.equal(rank_0[name], rank_1[name]), f"{name} differs between the processes"
+        assert torch.equal(rank_0[name], weight), f"{name} in ckpt.pt is not the processes' weights"
+    replays = [p['replay']['tokens'] for p in saved['processes']]
+    assert len(replays) == 2 and not torch.equal(*replays), "the processes rolled out the same rows"
+
+
 def test_torchrun_two_processes_train_one_model(shakespeare_char, tmp_path):
     """Each process draws its own batches and rollouts, and DDP keeps their weights equal."""
     script = tmp_path / 'each_rank_saves.py'
@@ -38,12 +49,7 @@ def test_torchrun_two_processes_train_one_model(shakespeare_char, tmp_path):
     assert '2 process(es)' in result.stdout
     saved = checkpoint(out)
     assert saved['iter_num'] == 6
-    rank_0, rank_1 = (load_checkpoint(str(out / f'weights_of_rank_{r}.pt')) for r in (0, 1))
-    for name, weight in saved['model'].items():
-        assert torch.equal(rank_0[name], rank_1[name]), f"{name} differs between the processes"
-        assert torch.equal(rank_0[name], weight), f"{name} in ckpt.pt is not the processes' weights"
-    replays = [p['replay']['tokens'] for p in saved['processes']]
-    assert len(replays) == 2 and not torch.equal(*replays), "the processes rolled out the same rows"
+    assert_ranks_agree(out, saved)
 
 
 @pytest.mark.skipif(not HF, reason="needs the optional peft and transformers: pip install -r requirements-extra.txt")
@@ -64,12 +70,7 @@ def test_torchrun_two_processes_fine_tune_a_hugging_face_model_with_lora(hf_dirs
     trained = set(saved['model'])
     assert any('trainable_tokens' in n for n in trained) and all('lora_' in n or 'trainable_tokens' in n
                                                                  for n in trained), trained
-    rank_0, rank_1 = (load_checkpoint(str(straight / f'weights_of_rank_{r}.pt')) for r in (0, 1))
-    for name, weight in saved['model'].items():
-        assert torch.equal(rank_0[name], rank_1[name]), f"{name} differs between the processes"
-        assert torch.equal(rank_0[name], weight), f"{name} in ckpt.pt is not the processes' weights"
-    replays = [p['replay']['tokens'] for p in saved['processes']]
-    assert len(replays) == 2 and not torch.equal(*replays), "the processes rolled out the same rows"
+    assert_ranks_agree(straight, saved)
 
     run(*hf_train_args(hf_dirs, hf_data, 'llama', stopped, *settings, '--max_iters=4'), launcher=TORCHRUN)
     result = run('train.py', '--init_from=resume', f'--out_dir={stopped}', f'--dataset={hf_data}', *TINY_HF,
