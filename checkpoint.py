@@ -80,6 +80,13 @@ def load_model(path, device='cpu'):
     return model.to(device), checkpoint
 
 
+def run_settings(path):
+    """A checkpoint's settings without its weights: {'config', 'meta', 'model_args'} (for checks before any model
+    is built). Raises what load_checkpoint raises."""
+    checkpoint = load_checkpoint(path)
+    return {k: checkpoint[k] for k in ('config', 'meta', 'model_args')}
+
+
 def load_checkpoint(path, device='cpu'):
     """The dict that train.py saved at path. Loading runs no code the file carries: a pickle can
     call any function, so only tensors, numbers, strings, lists, tuples and dicts are read

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import textmetrics
 from batches import dataset_dir, random_windows, token_file
-from checkpoint import LOAD_ERRORS, auto_device, load_checkpoint, load_model
+from checkpoint import LOAD_ERRORS, auto_device, load_model, run_settings
 from seqmatch import generate, mle_loss
 from tokenizer import Tokenizer
 
@@ -48,7 +48,7 @@ exec(open('configurator.py').read())  # overrides from the command line or a con
 # json_path
 try:
     device = auto_device(device)
-    runs = [(out_dir, load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))) for out_dir in out_dirs.split(',')]
+    runs = [(out_dir, run_settings(os.path.join(out_dir, 'ckpt.pt'))) for out_dir in out_dirs.split(',')]
 except LOAD_ERRORS as e:
     raise SystemExit(f"error: {e}")
 first_dir, first = runs[0]

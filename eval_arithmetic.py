@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import textmetrics
 from batches import dataset_dir
-from checkpoint import LOAD_ERRORS, auto_device, load_checkpoint, load_model
+from checkpoint import LOAD_ERRORS, auto_device, load_model, run_settings
 from seqmatch import generate, soft_values
 from tokenizer import Tokenizer
 
@@ -126,7 +126,7 @@ def mistake_detection(model, tokenizer, problems, gamma):
 
 try:
     device = auto_device(device)
-    runs = [(out_dir, load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))) for out_dir in out_dirs.split(',')]
+    runs = [(out_dir, run_settings(os.path.join(out_dir, 'ckpt.pt'))) for out_dir in out_dirs.split(',')]
 except LOAD_ERRORS as e:
     raise SystemExit(f"error: {e}")
 for out_dir, checkpoint in runs:  # before any sampling: every run must be an arithmetic one
