@@ -9,7 +9,10 @@ Speed checks, each printing ratios measured in the same run on the same machine:
                 masked step, SequenceMatch step and MLE on equal rows; the losses alone on the same logits;
                 decoding ms/step on the first call and once warm (and HF transformers' generate on the same
                 weights, if installed); tok/s, MFU, peak memory.
-Usage: python bench.py [--which=step|rollout|pipeline|gpu|all] [--steps=30]
+  (e) hf:       hf_model.py with LoRA (transformers, peft): a SequenceMatch step against an MLE step, rollouts with the
+                KV cache against recomputing; with --hf_dir, a real model at config/smollm2_shakespeare.py's shapes,
+                and seqmatch.generate against transformers' own generate.
+Usage: python bench.py [--which=step|rollout|pipeline|gpu|all|hf] [--steps=30] [--hf_dir=models/smollm2]
 (the rollout part takes ~8 minutes on 2 cores, the pipeline part ~1 minute, gpu ~1 minute on a CPU)
 """
 import math
@@ -31,6 +34,7 @@ from seqmatch import (add_noise, attention_mask, backspace_inputs, bc_loss, chun
 which = 'all'  # 'step', 'rollout', 'pipeline', 'gpu' or 'all'
 steps = 30  # timed training steps per measurement (after 3 warm-up steps); fewer are noisy on small models
 seed = 1337  # random seed of the models and inputs
+hf_dir = ''  # which=hf: a Hugging Face model directory (e.g. models/smollm2) instead of a tiny random Llama
 exec(open('configurator.py').read())
 
 torch.manual_seed(seed)
@@ -379,40 +383,55 @@ def bench_gpu():
     bench_gpu_decoding(model)
 
 
-def bench_hf(n_data=8, n_model=4, row=128, decode_rows=8, decode_prompt=64, new_tokens=128):
-    """hf_model.py on the CPU: a tiny Hugging Face Llama (4 layers of 128, a vocabulary of 2,000 words) with LoRA as
-    config/hf_lora_seqmatch.py trains it. A SequenceMatch step (n_data noisy data rows + n_model rollout rows, masked,
-    0.5 L_SM + 0.5 L_BC) of row tokens each against an MLE step on as many rows; rollouts of new_tokens after a prompt
-    of decode_prompt, with the KV cache against recomputing the whole prefix every step. Needs transformers and
-    peft."""
-    import tempfile
+def tiny_llama(folder, vocab, block_size):
+    """Writes a tiny random Hugging Face Llama (4 layers of 128) and a tokenizer of vocab words w0 .. w{vocab-1} (w0
+    the eos) into folder, loaded as a local model."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    words = Tokenizer(models.WordLevel({f'w{i}': i for i in range(vocab)}, unk_token='w0'))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=words, eos_token='w0').save_pretrained(folder)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=block_size,
+                                 eos_token_id=0, bos_token_id=0)).save_pretrained(folder)
+
+
+def bench_hf(n_data=8, n_model=4, row=128, decode_rows=8, decode_prompt=64, new_tokens=128):
+    """hf_model.py on the CPU, with LoRA as config/hf_lora_seqmatch.py trains it: a tiny random Llama (a vocabulary of
+    2,000 words), or the model in directory hf_dir at config/smollm2_shakespeare.py's shapes. A SequenceMatch step
+    (n_data noisy data rows + n_model rollout rows, masked, 0.5 L_SM + 0.5 L_BC) of row tokens each against an MLE
+    step on as many rows; rollouts of new_tokens after a prompt of decode_prompt, with the KV cache against
+    recomputing the whole prefix every step, and (hf_dir) against transformers' own generate on the same weights.
+    Needs transformers and peft."""
+    import tempfile
     from checkpoint import model_from_args
-    vocab = 2000  # words w0 .. w1999, w0 the eos; <bkspc> = 2000
-    bk, eos, prompt_len = vocab, 0, row // 2
+    from tokenizer import hf_meta, load_hf_tokenizer
+    if hf_dir:
+        n_data, n_model, row, decode_prompt, new_tokens = 4, 2, 64, 32, 32
+        name, lora = hf_dir, dict(lora_rank=16, lora_alpha=32.0)
     block_size = max(row, decode_prompt + new_tokens)
-    with tempfile.TemporaryDirectory() as folder:  # the model and its tokenizer, loaded as a local model
-        words = Tokenizer(models.WordLevel({f'w{i}': i for i in range(vocab)}, unk_token='w0'))
-        words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        PreTrainedTokenizerFast(tokenizer_object=words, eos_token='w0').save_pretrained(folder)
-        torch.manual_seed(seed)
-        LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=block_size,
-                                     eos_token_id=eos, bos_token_id=eos)).save_pretrained(folder)
-        model = model_from_args(dict(hf_name=folder, block_size=block_size))
+    with tempfile.TemporaryDirectory() as folder:
+        if not hf_dir:
+            tiny_llama(folder, 2000, block_size)
+            name, lora = folder, {}
+        meta = hf_meta(load_hf_tokenizer(name), name)
+        model = model_from_args(dict(hf_name=name, block_size=block_size, **lora))
+    bk, eos, prompt_len = meta['bkspc_id'], meta['eos_id'], row // 2
+    text_ids = torch.tensor([i for i in range(bk) if i != eos])  # prompts and data rows without the eos
+    random_text = lambda *shape: text_ids[torch.randint(0, len(text_ids), shape)]
     optimizer = model.configure_optimizers(0.0, 1e-4, (0.9, 0.95), 'cpu')
-    tokens, actions, valid = noisy_rows(torch.randint(1, vocab, (n_data, row)), 0.05, bk, eos)
+    tokens, actions, valid = noisy_rows(random_text(n_data, row), 0.05, bk, eos)
     model.eval()
-    prompts = torch.randint(1, vocab, (n_model, prompt_len))
-    rollouts, rollout_valid, stacks = generate(model, prompts, row - prompt_len, bk, eos_id=eos)
+    rollouts, rollout_valid, stacks = generate(model, random_text(n_model, prompt_len), row - prompt_len, bk,
+                                               eos_id=eos)
     model.train()
     masked = [torch.cat(pair) for pair in zip(backspace_inputs(tokens, bk, 1),
                                               (stacks.input_ids, stacks.position_ids, stacks.removed_at))]
     rows = dict(actions=torch.cat([actions, rollouts]), valid=torch.cat([valid, rollout_valid]),
                 is_data=torch.arange(n_data + n_model) < n_data)
     rows.update(expert=rows['valid'] & rows['is_data'][:, None], done=rows['valid'] & (rows['actions'] == eos))
-    x = torch.randint(1, vocab, (n_data + n_model, row + 1))  # MLE on as many rows
+    x = random_text(n_data + n_model, row + 1)  # MLE on as many rows
 
     def mle_step():
         logits = model(x[:, :-1])
@@ -426,15 +445,27 @@ def bench_hf(n_data=8, n_model=4, row=128, decode_rows=8, decode_prompt=64, new_
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    what = f"{hf_dir} with LoRA r 16" if hf_dir else "tiny Llama 4L/128 with LoRA"
     t = alternated_medians({'mle': mle_step, 'sm': sm_step}, steps)
     mle, sm = t['mle'], t['sm']
-    print(f"(hf) tiny Llama 4L/128 with LoRA, {n_data + n_model} rows of {row} tokens: MLE step {mle * 1000:.1f} ms, "
-          f"SequenceMatch step ({n_data} data + {n_model} rollout rows) {sm * 1000:.1f} ms: {sm / mle:.2f}x "
-          f"(target <= 1.3x)")
+    print(f"(hf) {what}, {n_data + n_model} rows of {row} tokens: MLE step {mle * 1000:.1f} ms, SequenceMatch step "
+          f"({n_data} data + {n_model} rollout rows) {sm * 1000:.1f} ms: {sm / mle:.2f}x (target <= 1.3x)")
     model.eval()
-    cached, recompute = decoding_rates(model, torch.randint(1, vocab, (decode_rows, decode_prompt)), new_tokens, bk)
+    prompts = random_text(decode_rows, decode_prompt)
+    cached, recompute = decoding_rates(model, prompts, new_tokens, bk)
     print(f"(hf) {decode_prompt} + {new_tokens} new tokens at batch {decode_rows}: KV cache {cached:,.0f} tok/s, "
           f"recompute {recompute:,.0f} tok/s, speed-up {cached / recompute:.1f}x (target >= 5x)")
+    if hf_dir:  # the same rollouts with backspace against transformers' generate (no backspace, no eos stop)
+        sampled = lambda: generate(model, prompts, new_tokens, bk, eos_id=eos)
+        own = lambda: model.lm.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=True, top_k=0,
+                                        top_p=1.0, temperature=1.0, max_new_tokens=new_tokens,
+                                        min_new_tokens=new_tokens, pad_token_id=eos)
+        with torch.no_grad():
+            t = alternated_medians({"ours": sampled, "transformers": own}, steps)
+        print(f"(hf) generate, {decode_rows} rows of {decode_prompt} + {new_tokens}: seqmatch.generate "
+              f"{t['ours'] * 1000 / new_tokens:.1f} ms/step, transformers' generate "
+              f"{t['transformers'] * 1000 / new_tokens:.1f} ms/step: ours {t['transformers'] / t['ours']:.2f}x its "
+              f"speed (target >= 0.9x)")
 
 
 print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
