@@ -461,7 +461,7 @@ def bench_hf(n_data=8, n_model=4, row=128, decode_rows=8, decode_prompt=64, new_
                                         top_p=1.0, temperature=1.0, max_new_tokens=new_tokens,
                                         min_new_tokens=new_tokens, pad_token_id=eos)
         with torch.no_grad():
-            t = alternated_medians({"ours": sampled, "transformers": own}, steps)
+            t = alternated_medians({'ours': sampled, 'transformers': own}, steps)
         print(f"(hf) generate, {decode_rows} rows of {decode_prompt} + {new_tokens}: seqmatch.generate "
               f"{t['ours'] * 1000 / new_tokens:.1f} ms/step, transformers' generate "
               f"{t['transformers'] * 1000 / new_tokens:.1f} ms/step: ours {t['transformers'] / t['ours']:.2f}x its "
